@@ -1,0 +1,104 @@
+"""Typed readers for environment variables.
+
+Deliberately free of Django imports so that the model workers can share them. Every reader fails
+loudly (``EnvError`` naming the variable) instead of silently falling back on a bad value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class EnvError(ValueError):
+    """A variable is set to a value its reader cannot accept."""
+
+
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name)
+    # An empty assignment (FOO=) means "not set": docker-compose writes those for absent values.
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def env_str(name: str, default: str = "") -> str:
+    value = _raw(name)
+    return default if value is None else value
+
+
+def env_required(name: str) -> str:
+    value = _raw(name)
+    if value is None:
+        raise EnvError(f"{name} must be set")
+    return value
+
+
+def env_int(name: str, default: int, *, min: int | None = None, max: int | None = None) -> int:
+    value = _raw(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise EnvError(f"{name}={value!r} is not an integer") from None
+    _check_range(name, number, min, max)
+    return number
+
+
+def env_float(
+    name: str, default: float, *, min: float | None = None, max: float | None = None
+) -> float:
+    value = _raw(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise EnvError(f"{name}={value!r} is not a number") from None
+    if number != number:  # NaN passes every comparison, so reject it explicitly.
+        raise EnvError(f"{name}={value!r} is not a number")
+    _check_range(name, number, min, max)
+    return number
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = _raw(name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise EnvError(f"{name}={value!r} is not a boolean (use one of 1/0, true/false, yes/no, on/off)")
+
+
+def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
+    value = env_str(name, default)
+    if value not in choices:
+        raise EnvError(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def env_list(name: str, default: Sequence[str] = ()) -> list[str]:
+    value = _raw(name)
+    if value is None:
+        return list(default)
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def env_path(name: str, default: Path) -> Path:
+    value = _raw(name)
+    return default if value is None else Path(value).expanduser()
+
+
+def _check_range(name: str, number: float, low: float | None, high: float | None) -> None:
+    if low is not None and number < low:
+        raise EnvError(f"{name}={number} is below the minimum {low}")
+    if high is not None and number > high:
+        raise EnvError(f"{name}={number} is above the maximum {high}")

@@ -1,0 +1,227 @@
+"""Django settings, all read from the environment (see ``.env.example``)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+from .dburl import parse_database_url
+from .env import (
+    EnvError,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_path,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+# A local .env (see .env.example) fills in variables the real environment leaves unset.
+load_dotenv(BASE_DIR / ".env", override=False)
+RUN_DIR = env_path("DAR_RUN_DIR", BASE_DIR / ".run")
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+
+def _secret_key() -> str:
+    key = env_str("DJANGO_SECRET_KEY")
+    if key:
+        return key
+    if not DEBUG:
+        raise EnvError("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+    # Development only: generate once and keep it so sessions survive restarts.
+    path = RUN_DIR / "secret_key"
+    if not path.exists():
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_TLS_PROXY", False) else None
+)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "catalog",
+    "retrieval",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "dar_site.urls"
+ASGI_APPLICATION = "dar_site.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Services -------------------------------------------------------------------------------
+# Without URLs the instance runs its own PostgreSQL+pgvector and Redis (dar_site/embedded.py).
+EMBEDDED_DATABASE = not env_str("DATABASE_URL")
+if EMBEDDED_DATABASE:
+    from .embedded import postgres_url
+
+    DATABASE_URL = postgres_url(RUN_DIR / "pgdata")
+else:
+    DATABASE_URL = env_str("DATABASE_URL")
+DATABASES = {
+    "default": parse_database_url(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0, min=0))
+}
+DATABASES["default"]["TEST"] = {"NAME": env_str("DAR_TEST_DB_NAME", "test_dar")}
+
+EMBEDDED_REDIS = not env_str("REDIS_URL")
+if EMBEDDED_REDIS:
+    from .embedded import redis_url
+
+    REDIS_URL = redis_url(RUN_DIR / "redis")
+else:
+    REDIS_URL = env_str("REDIS_URL")
+
+# A prefix keeps several instances (or parallel test runs) apart on one Redis server.
+REDIS_PREFIX = env_str("DAR_REDIS_PREFIX", "dar")
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:asgi", "capacity": 500},
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_GPU_QUEUE = env_str("DAR_GPU_QUEUE", f"{REDIS_PREFIX}.gpu")
+CELERY_DEFAULT_QUEUE = env_str("DAR_DEFAULT_QUEUE", f"{REDIS_PREFIX}.default")
+CELERY_TASK_ALWAYS_EAGER = False
+# A worker that dies mid-task leaves the message unacknowledged, so another worker reruns it.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("DAR_TASK_VISIBILITY_TIMEOUT", 600, min=30),
+    "global_keyprefix": f"{REDIS_PREFIX}:celery:",
+}
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_SERIALIZER = CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Auth, i18n, files ----------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env_path("DJANGO_STATIC_ROOT", BASE_DIR / ".run" / "static")
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_URL = env_str("DJANGO_MEDIA_URL", "/media/")
+MEDIA_ROOT = env_path("DJANGO_MEDIA_ROOT", BASE_DIR / ".run" / "media")
+# Serve uploaded and generated images from Django itself (demo, small installs); a production
+# deployment can turn this off and serve MEDIA_ROOT from a web server.
+SERVE_MEDIA = env_bool("DAR_SERVE_MEDIA", True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Uploads: Django spools anything above this to disk instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DAR_MAX_UPLOAD_FILES", 1000, min=1)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {"TITLE": "DAR search API", "VERSION": "1.0.0"}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("DAR_LOG_LEVEL", "INFO")},
+    # pgserver narrates every start and stop at INFO.
+    "loggers": {"pgserver": {"level": "WARNING"}},
+}
+
+# --- Product: catalog ingest ----------------------------------------------------------------
+DAR_MAX_IMAGE_BYTES = env_int("DAR_MAX_IMAGE_BYTES", 20 * 1024 * 1024, min=1024)
+DAR_MAX_IMAGE_PIXELS = env_int("DAR_MAX_IMAGE_PIXELS", 40_000_000, min=1)
+DAR_MAX_ZIP_ENTRIES = env_int("DAR_MAX_ZIP_ENTRIES", 20_000, min=1)
+DAR_MAX_ZIP_BYTES = env_int("DAR_MAX_ZIP_BYTES", 2 * 1024**3, min=1024)
+DAR_EMBED_BATCH = env_int("DAR_EMBED_BATCH", 32, min=1, max=4096)
+
+# --- Product: search ------------------------------------------------------------------------
+DAR_RESULTS_K = env_int("DAR_RESULTS_K", 24, min=1, max=500)
+DAR_PREVIEWS_PER_TURN = env_int("DAR_PREVIEWS_PER_TURN", 1, min=0, max=8)
+# Paper weights: text/generated 0.8/0.2 on turns 0-1, 0.5/0.5 from turn 2 on.
+DAR_WEIGHT_TEXT_EARLY = env_float("DAR_WEIGHT_TEXT_EARLY", 0.8, min=0.0)
+DAR_WEIGHT_GEN_EARLY = env_float("DAR_WEIGHT_GEN_EARLY", 0.2, min=0.0)
+DAR_WEIGHT_TEXT_LATE = env_float("DAR_WEIGHT_TEXT_LATE", 0.5, min=0.0)
+DAR_WEIGHT_GEN_LATE = env_float("DAR_WEIGHT_GEN_LATE", 0.5, min=0.0)
+DAR_EARLY_TURNS = env_int("DAR_EARLY_TURNS", 2, min=0)
+DAR_WEIGHT_PRODUCT_TEXT = env_float("DAR_WEIGHT_PRODUCT_TEXT", 0.0, min=0.0)
+DAR_FEEDBACK_LIKE = env_float("DAR_FEEDBACK_LIKE", 0.3, min=0.0)
+DAR_FEEDBACK_DISLIKE = env_float("DAR_FEEDBACK_DISLIKE", 0.15, min=0.0)
+DAR_ASK_QUESTIONS = env_bool("DAR_ASK_QUESTIONS", True)
+DAR_HNSW_EF_SEARCH = env_int("DAR_HNSW_EF_SEARCH", 100, min=1, max=1000)
+DAR_MAX_MESSAGE_CHARS = env_int("DAR_MAX_MESSAGE_CHARS", 1000, min=1)
+DAR_TURN_TIME_LIMIT = env_int("DAR_TURN_TIME_LIMIT", 120, min=5)
+DAR_MAX_TURNS_PER_SESSION = env_int("DAR_MAX_TURNS_PER_SESSION", 30, min=1)
+DAR_RATE_LIMIT_TURNS = env_int("DAR_RATE_LIMIT_TURNS", 10, min=1)
+DAR_RATE_LIMIT_WINDOW = env_int("DAR_RATE_LIMIT_WINDOW", 60, min=1)
+DAR_WEBSOCKET_ALLOWED_ORIGINS = env_list("DAR_WEBSOCKET_ALLOWED_ORIGINS")
+DAR_MODEL_PROFILE = env_choice("DAR_MODEL_PROFILE", "auto", ["auto", "standard", "offline"])

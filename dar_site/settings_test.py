@@ -1,0 +1,19 @@
+"""Settings for the test suite: the real settings with test-only defaults in the environment."""
+
+import os
+
+# Each pytest process gets its own database and Redis key space, so parallel runs on one machine
+# (developers, CI) never consume each other's tasks or channel messages.
+_tag = f"t{os.getpid()}"
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-not-for-production")
+os.environ.setdefault("DAR_TEST_DB_NAME", f"test_dar_{_tag}")
+os.environ.setdefault("DAR_REDIS_PREFIX", f"dartest:{_tag}")
+os.environ.setdefault("DAR_MODEL_PROFILE", "offline")
+os.environ.setdefault("DJANGO_SECURE_COOKIES", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from .settings import *  # noqa: E402,F403
+
+MEDIA_ROOT = RUN_DIR / "test-media" / _tag  # noqa: F405
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,1 @@
+"""Catalog embedding tasks (gpu queue)."""

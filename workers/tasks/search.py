@@ -1,0 +1,1 @@
+"""Search turn tasks (gpu queue)."""
