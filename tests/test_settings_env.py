@@ -50,7 +50,11 @@ def test_typed_values(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_database_url_tcp_and_socket() -> None:
     tcp = parse_database_url("postgresql://u%40x:p%2Fw@db.example:6543/shop?sslmode=require")
     assert (tcp["USER"], tcp["PASSWORD"], tcp["HOST"], tcp["PORT"], tcp["NAME"]) == (
-        "u@x", "p/w", "db.example", "6543", "shop",
+        "u@x",
+        "p/w",
+        "db.example",
+        "6543",
+        "shop",
     )
     assert tcp["OPTIONS"] == {"sslmode": "require"}
     sock = parse_database_url("postgresql://postgres:@/postgres?host=/tmp/pg")
@@ -60,11 +64,19 @@ def test_database_url_tcp_and_socket() -> None:
 
 
 def test_production_settings_refuse_to_start_without_secret_key(tmp_path: object) -> None:
-    env = {"PATH": "/usr/bin:/bin", "DJANGO_DEBUG": "0", "DATABASE_URL": "postgresql://x@h/db",
-           "REDIS_URL": "redis://127.0.0.1:1/0", "DAR_RUN_DIR": str(tmp_path)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DJANGO_DEBUG": "0",
+        "DATABASE_URL": "postgresql://x@h/db",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "DAR_RUN_DIR": str(tmp_path),
+    }
     proc = subprocess.run(
         [sys.executable, "-c", "import dar_site.settings"],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode != 0
     assert "DJANGO_SECRET_KEY must be set" in proc.stderr

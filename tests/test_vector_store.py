@@ -31,7 +31,9 @@ def test_search_matches_numpy_and_ignores_other_models_and_catalogs() -> None:
     items = [CatalogItemFactory(catalog=catalog) for _ in range(30)]
     stranger = CatalogItemFactory(catalog=other)
     vecs = _unit(rng, 30, 16)
-    vectors.store("image", "enc-a", [(i.id, catalog.id, v) for i, v in zip(items, vecs, strict=True)])
+    vectors.store(
+        "image", "enc-a", [(i.id, catalog.id, v) for i, v in zip(items, vecs, strict=True)]
+    )
     query = _unit(rng, 1, 16)[0]
     # The same items under another model, and another catalog's item equal to the query:
     # neither may appear in enc-a's ranking of this catalog.
@@ -40,8 +42,9 @@ def test_search_matches_numpy_and_ignores_other_models_and_catalogs() -> None:
 
     expected = [items[i].id for i in np.argsort(-(vecs @ query), kind="stable")[:10]]
     for exact in (True, False):
-        hits = vectors.search(catalog_id=catalog.id, space="image", model_name="enc-a",
-                              query=query, k=10, exact=exact)
+        hits = vectors.search(
+            catalog_id=catalog.id, space="image", model_name="enc-a", query=query, k=10, exact=exact
+        )
         assert [h.item_id for h in hits] == expected
         assert hits[0].score == pytest.approx(float(np.max(vecs @ query)), abs=1e-5)
 

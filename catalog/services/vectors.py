@@ -30,7 +30,7 @@ def _literal(vector: Sequence[float] | np.ndarray) -> str:
 
 
 def index_name(space: str, model_name: str, dim: int) -> str:
-    digest = hashlib.sha1(f"{space}|{model_name}|{dim}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{space}|{model_name}|{dim}".encode()).hexdigest()[:16]
     return f"itememb_hnsw_{digest}"
 
 
@@ -52,9 +52,7 @@ def ensure_index(space: str, model_name: str, dim: int) -> str:
     return name
 
 
-def store(
-    space: str, model_name: str, rows: Iterable[tuple[int, int, np.ndarray]]
-) -> int:
+def store(space: str, model_name: str, rows: Iterable[tuple[int, int, np.ndarray]]) -> int:
     """Upsert vectors given as (item_id, catalog_id, vector); idempotent per item/space/model."""
     objs = []
     dim = 0
@@ -170,7 +168,12 @@ def search_with_product_text(
         f" WHERE i.catalog_id = %s AND i.space = 'image' AND i.model_name = %s AND i.dim = {dim}"
     )
     params: list[object] = [
-        _literal(query), float(text_weight), _literal(text_query), text_model, catalog_id, model_name
+        _literal(query),
+        float(text_weight),
+        _literal(text_query),
+        text_model,
+        catalog_id,
+        model_name,
     ]
     if exclude:
         sql += " AND NOT (i.item_id = ANY(%s))"

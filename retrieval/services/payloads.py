@@ -1,0 +1,99 @@
+"""JSON shapes shared by the websocket events, the restore state and the REST API.
+
+One module builds them all so a page that restores from the database sees exactly what it would
+have seen from the live events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from catalog.models import CatalogItem
+from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
+
+
+def image_url(field: Any) -> str:
+    try:
+        return str(field.url) if field else ""
+    except ValueError:  # a file field with no file attached
+        return ""
+
+
+def item_payload(item: CatalogItem, *, score: float, rank: int) -> dict[str, Any]:
+    return {
+        "id": item.pk,
+        "title": item.title or item.source_name or f"Item {item.pk}",
+        "image": image_url(item.image),
+        "score": round(float(score), 6),
+        "rank": rank,
+    }
+
+
+def results_event(turn: Turn, results: Iterable[TurnResult], *, final: bool) -> dict[str, Any]:
+    return {
+        "type": "results",
+        "turn": turn.index,
+        "final": final,
+        "items": [item_payload(r.item, score=r.score, rank=r.rank) for r in results],
+    }
+
+
+def refined_event(turn: Turn) -> dict[str, Any]:
+    return {
+        "type": "query.refined",
+        "turn": turn.index,
+        "description": turn.refined_query,
+        "prompts": list(turn.prompts),
+        "fallback": turn.refinement_fallback,
+    }
+
+
+def previews_event(turn: Turn, previews: Iterable[Preview]) -> dict[str, Any]:
+    return {
+        "type": "previews",
+        "turn": turn.index,
+        "images": [
+            {"url": image_url(p.image), "prompt": p.prompt, "seed": p.seed} for p in previews
+        ],
+    }
+
+
+def turn_payload(turn: Turn) -> dict[str, Any]:
+    """Everything a turn produced so far; final results win over provisional ones."""
+    results = list(turn.results.select_related("item"))
+    final = [r for r in results if r.final]
+    shown = final or [r for r in results if not r.final]
+    return {
+        "index": turn.index,
+        "message": turn.message,
+        "context": list(turn.context),
+        "status": turn.status,
+        "refined_query": turn.refined_query,
+        "prompts": list(turn.prompts),
+        "fallback": turn.refinement_fallback,
+        "previews": previews_event(turn, turn.previews.all())["images"],
+        "results": results_event(turn, shown, final=bool(final))["items"],
+        "final": bool(final),
+        "question": turn.question,
+        "weights": dict(turn.weights),
+        "timings": dict(turn.timings),
+        "error": {"code": turn.error_code, "message": turn.error} if turn.error_code else None,
+        "created_at": turn.created_at.isoformat(),
+        "finished_at": turn.finished_at.isoformat() if turn.finished_at else None,
+    }
+
+
+def session_payload(session: SearchSession) -> dict[str, Any]:
+    feedback = Feedback.objects.filter(session=session).values_list("item_id", "value")
+    return {
+        "id": str(session.pk),
+        "catalog": {"slug": session.catalog.slug, "name": session.catalog.name},
+        "created_at": session.created_at.isoformat(),
+        "turns": [turn_payload(t) for t in session.turns.order_by("index")],
+        "feedback": {str(item_id): value for item_id, value in feedback},
+    }
+
+
+def state_event(session: SearchSession) -> dict[str, Any]:
+    return {"type": "state", "turn": None, "session": session_payload(session)}
