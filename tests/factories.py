@@ -86,3 +86,182 @@ class TurnFactory(factory.django.DjangoModelFactory):
     session = factory.SubFactory(SearchSessionFactory)
     index = factory.Sequence(lambda n: n)
     message = "a red shoe"
+
+
+# --- analysts (previews, results, feedback of turns) ---------------------------------------
+
+from retrieval.models import Feedback, Preview, TurnResult  # noqa: E402
+
+
+class PreviewFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Preview
+
+    turn = factory.SubFactory(TurnFactory)
+    index = factory.Sequence(lambda n: n)
+    prompt = "a product photo of a red shoe"
+    seed = factory.Sequence(lambda n: 1000 + n)
+    image = factory.django.ImageField(width=16, height=16, color="blue")
+
+
+class TurnResultFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = TurnResult
+
+    turn = factory.SubFactory(TurnFactory)
+    item = factory.SubFactory(
+        CatalogItemFactory, catalog=factory.SelfAttribute("..turn.session.catalog")
+    )
+    final = True
+    rank = factory.Sequence(lambda n: n)
+    score = 0.5
+
+
+class FeedbackFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Feedback
+
+    turn = factory.SubFactory(TurnFactory)
+    session = factory.SelfAttribute("turn.session")
+    item = factory.SubFactory(
+        CatalogItemFactory, catalog=factory.SelfAttribute("..session.catalog")
+    )
+    value = 1
+
+
+# --- search sessions (websocket, REST, browser) -------------------------------------------
+
+
+def browser_session_key(user: Any = None) -> str:
+    """A saved Django session, as a browser's ``sessionid`` cookie holds it (signed in or not)."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    store = SessionStore()
+    if user is not None:
+        store[SESSION_KEY] = str(user.pk)
+        store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.create()
+    assert store.session_key is not None
+    return store.session_key
+
+
+def embedded_catalog(n_items: int = 12, **catalog_fields: Any) -> Catalog:
+    """A catalog whose items are embedded by the real embedding service with the active models."""
+    from catalog.services.embedding import embed_items
+
+    catalog = CatalogFactory(**catalog_fields)
+    items = CatalogItemFactory.create_batch(n_items, catalog=catalog)
+    result = embed_items([item.pk for item in items])
+    assert len(result.embedded) == n_items, result.as_dict()
+    return catalog
+
+
+class EventRecorder:
+    """Records a search session's websocket events straight from the channel layer (Redis).
+
+    Runs its own event loop in a thread so that sync tests can watch the events a Celery worker
+    emits: ``with EventRecorder(session.pk) as events: ...; events.wait_for(pred)``.
+    """
+
+    def __init__(self, session_id: object) -> None:
+        import threading
+
+        from retrieval.services.events import group_name
+
+        self.group = group_name(session_id)
+        self.events: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._loop: Any = None
+        self._stop: Any = None
+
+    def __enter__(self) -> EventRecorder:
+        self._thread.start()
+        assert self._ready.wait(20), "the event recorder did not subscribe"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(20)
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.run(self._listen())
+
+    async def _listen(self) -> None:
+        import asyncio
+
+        from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+
+        # A layer of its own: channels_redis lets only one event loop receive per layer object.
+        layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+        channel = await layer.new_channel()
+        await layer.group_add(self.group, channel)
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._ready.set()
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            while True:
+                receiving = asyncio.ensure_future(layer.receive(channel))
+                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not receiving.done():
+                    receiving.cancel()
+                    break
+                with self._changed:
+                    self.events.append(receiving.result()["event"])
+                    self._changed.notify_all()
+        finally:
+            await layer.group_discard(self.group, channel)
+
+    def wait_for(self, predicate: Any, timeout: float = 180) -> list[dict[str, Any]]:
+        """Block until ``predicate(events)`` holds; fail the test after ``timeout`` seconds."""
+        with self._changed:
+            ok = self._changed.wait_for(lambda: predicate(self.events), timeout)
+            assert ok, f"events never satisfied the condition: {self.events}"
+            return list(self.events)
+
+    def of(self, kind: str, turn: int | None = None) -> list[dict[str, Any]]:
+        with self._changed:
+            return [
+                e for e in self.events if e["type"] == kind and (turn is None or e["turn"] == turn)
+            ]
+
+
+# --- catalogs: images of every kind, and the three personas ---------------------------------
+
+
+def image_bytes(
+    mode: str = "RGB",
+    size: tuple[int, int] = (40, 30),
+    color: Any = (200, 30, 30),
+    fmt: str = "PNG",
+    **save: Any,
+) -> bytes:
+    """An encoded test image made with Pillow (any mode the format can hold)."""
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def shop_admin(shop: Shop | None = None, **user_fields: Any) -> Any:
+    """A staff user who administers ``shop`` (a new shop if None)."""
+    user = UserFactory(**user_fields)
+    (shop or ShopFactory()).admins.add(user)
+    return user
+
+
+def limit_llm_tokens(monkeypatch: Any, tokens: int = 10) -> None:
+    """Short LLM answers for tests: SmolLM2 on a CI CPU decodes a few tokens per second.
+
+    The refiner's token budgets are module constants (no setting yet), read at call time, so
+    patching them reaches the in-process Celery worker too.
+    """
+    from workers.models import refiner
+
+    monkeypatch.setattr(refiner, "DESCRIPTION_TOKENS", tokens)
+    monkeypatch.setattr(refiner, "PROMPT_TOKENS", tokens)
+    monkeypatch.setattr(refiner, "ASK_MAX_TOKENS", tokens)

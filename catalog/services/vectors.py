@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from django.db import connection, transaction
@@ -183,3 +184,58 @@ def search_with_product_text(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [Hit(int(item_id), float(score)) for item_id, score in cursor.fetchall()]
+
+
+def positions(
+    *,
+    catalog_id: int,
+    space: str,
+    model_name: str,
+    queries: np.ndarray,
+    targets: Sequence[int],
+) -> list[int | None]:
+    """The exact 0-based position of ``targets[i]`` in ``search(query=queries[i], exact=True)``
+    over the whole catalog, without fetching that ranking (used by the offline evaluation).
+
+    It counts the items ``search`` would put first: a smaller ``<#>`` distance, or an equal one and
+    a smaller item id (its tie-break), as one row comparison. The query goes through the same
+    ``_literal`` and the same SQL expression, so the distances compared are bit-identical to the
+    ones ``search`` orders by.
+    None where the target has no vector in this space and model.
+    """
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if len(queries) != len(targets):
+        raise ValueError("one target per query")
+    if not len(targets):
+        return []
+    dim = int(queries.shape[-1])
+    expr = f"(e.vector::vector({dim})) <#> t.v"
+    sql = (
+        # MATERIALIZED: evaluated once, not inlined (which would parse the query text and
+        # recompute the target's distance for every row counted).
+        f"WITH q AS MATERIALIZED (SELECT u.ord, u.qv::vector({dim}) AS v, u.tid"
+        " FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(qv, tid, ord)),"
+        f" t AS MATERIALIZED (SELECT q.ord, q.v, q.tid, (x.vector::vector({dim})) <#> q.v AS td"
+        " FROM q"
+        f" JOIN {_TABLE} x ON x.item_id = q.tid AND x.catalog_id = %s AND x.space = %s"
+        f" AND x.model_name = %s AND x.dim = {dim})"
+        f" SELECT t.ord, (SELECT count(*) FROM {_TABLE} e WHERE e.catalog_id = %s"
+        f" AND e.space = %s AND e.model_name = %s AND e.dim = {dim}"
+        f" AND ({expr}, e.item_id) < (t.td, t.tid)) FROM t"
+    )
+    params: list[Any] = [
+        [_literal(q) for q in queries],
+        [int(t) for t in targets],
+        catalog_id,
+        space,
+        model_name,
+        catalog_id,
+        space,
+        model_name,
+    ]
+    found: dict[int, int] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for ordinal, count in cursor.fetchall():
+            found[int(ordinal) - 1] = int(count)
+    return [found.get(i) for i in range(len(targets))]

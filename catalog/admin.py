@@ -1,0 +1,314 @@
+"""Admin for shop admins: their shops' catalogs and items only; superusers see everything.
+
+Shop membership *is* the permission here (a shop admin needs ``is_staff`` to log in, not Django
+model permissions). Uploading goes through the custom "Upload images" view on a catalog, which
+calls the same ingest service as the API and the commands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.db.models import Count, F, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+
+from .forms import UploadImagesForm
+from .models import Catalog, CatalogItem, ItemEmbedding, Shop
+from .services import access, embedding, ingest, progress
+from .services.encoder import active_encoder_name
+
+
+class ShopScopedAdmin(admin.ModelAdmin):
+    """View/change/delete only what belongs to a shop the user administers."""
+
+    def _shop_of(self, obj: Any) -> Shop | None:
+        raise NotImplementedError
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return access.administers_any(request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._may(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._may(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._may(request, obj)
+
+    def _may(self, request: HttpRequest, obj: Any) -> bool:
+        user = request.user
+        if not (user.is_active and user.is_staff):
+            return False
+        if obj is None:
+            return access.administers_any(user)
+        shop = self._shop_of(obj)
+        return bool(user.is_superuser or (shop and shop.admins.filter(pk=user.pk).exists()))
+
+
+@admin.register(Shop)
+class ShopAdmin(ShopScopedAdmin):
+    list_display = ["name", "slug", "created_at"]
+    search_fields = ["name", "slug"]
+    filter_horizontal = ["admins"]
+    prepopulated_fields = {"slug": ("name",)}
+
+    def _shop_of(self, obj: Shop) -> Shop:
+        return obj
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Shop]:
+        return access.shops_for(request.user)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # Shop admins manage their catalogs; who administers a shop is the superuser's call.
+        return () if request.user.is_superuser else ("slug", "admins")
+
+    def get_prepopulated_fields(self, request: HttpRequest, obj: Any = None) -> dict[str, Any]:
+        return dict(self.prepopulated_fields) if request.user.is_superuser else {}
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+
+def _count_filter(status: str, extra: Q | None = None) -> Count:
+    condition = Q(items__status=status)
+    return Count("items", filter=condition & extra if extra is not None else condition)
+
+
+@admin.register(Catalog)
+class CatalogAdmin(ShopScopedAdmin):
+    list_display = [
+        "name",
+        "slug",
+        "shop",
+        "is_public",
+        "total_items",
+        "pending",
+        "embedded",
+        "failed",
+        "stale",
+        "upload_link",
+    ]
+    list_filter = ["is_public", ("shop", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ["embedding_progress", "created_at"]
+    actions = ["reembed_stale", "reembed_failed", "reembed_all"]
+    change_form_template = "admin/catalog/catalog/change_form.html"
+
+    def _shop_of(self, obj: Catalog) -> Shop:
+        return obj.shop
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Catalog]:
+        catalogs = access.catalogs_for(request.user).select_related("shop")
+        # Progress counts for the whole change-list page in one grouped query, against the
+        # active encoder (embedded = has its vector; stale = embedded by another encoder).
+        name = active_encoder_name()
+        status = CatalogItem.Status
+        if name:
+            current = Q(
+                items__in=ItemEmbedding.objects.filter(
+                    space=ItemEmbedding.Space.IMAGE, model_name=name
+                ).values("item_id")
+            )
+            embedded = _count_filter(status.EMBEDDED, current)
+        else:
+            embedded = _count_filter(status.EMBEDDED)
+        return catalogs.annotate(
+            n_total=Count("items"),
+            n_pending=_count_filter(status.PENDING),
+            n_failed=_count_filter(status.FAILED),
+            n_embedded_any=_count_filter(status.EMBEDDED),
+            n_embedded=embedded,
+        ).annotate(n_stale=F("n_embedded_any") - F("n_embedded"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self._may(request, None)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "shop":
+            kwargs["queryset"] = access.shops_for(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="items", ordering="n_total")
+    def total_items(self, obj: Catalog) -> int:
+        return obj.n_total  # type: ignore[attr-defined]
+
+    @admin.display(ordering="n_pending")
+    def pending(self, obj: Catalog) -> int:
+        return obj.n_pending  # type: ignore[attr-defined]
+
+    @admin.display(ordering="n_embedded")
+    def embedded(self, obj: Catalog) -> int:
+        return obj.n_embedded  # type: ignore[attr-defined]
+
+    @admin.display(ordering="n_failed")
+    def failed(self, obj: Catalog) -> int:
+        return obj.n_failed  # type: ignore[attr-defined]
+
+    @admin.display(ordering="n_stale")
+    def stale(self, obj: Catalog) -> int:
+        return obj.n_stale  # type: ignore[attr-defined]
+
+    @admin.display(description="")
+    def upload_link(self, obj: Catalog) -> str:
+        url = reverse("admin:catalog_catalog_upload", args=[obj.pk])
+        return format_html('<a href="{}">Upload images</a>', url)
+
+    @admin.display(description="Embedding progress")
+    def embedding_progress(self, obj: Catalog) -> str:
+        if not obj.pk:
+            return "-"
+        c = progress.counts(obj)
+        return format_html(
+            "{} items: {} pending, {} embedded, {} failed, {} stale (active encoder: {})",
+            c["total"],
+            c["pending"],
+            c["embedded"],
+            c["failed"],
+            c["stale"],
+            c["encoder"] or "unknown until the first embedding job",
+        )
+
+    # --- Actions ----------------------------------------------------------------------------
+
+    def _reembed(self, request: HttpRequest, queryset: QuerySet[Catalog], mode: str) -> None:
+        total = 0
+        for catalog in queryset:
+            if self.has_change_permission(request, catalog):
+                total += embedding.request_reembed(catalog, mode)
+        self.message_user(request, f"Queued {total} item(s) for embedding ({mode}).")
+
+    @admin.action(description="Re-embed with current encoder")
+    def reembed_stale(self, request: HttpRequest, queryset: QuerySet[Catalog]) -> None:
+        self._reembed(request, queryset, "stale")
+
+    @admin.action(description="Retry failed items")
+    def reembed_failed(self, request: HttpRequest, queryset: QuerySet[Catalog]) -> None:
+        self._reembed(request, queryset, "failed")
+
+    @admin.action(description="Re-embed all items with current encoder")
+    def reembed_all(self, request: HttpRequest, queryset: QuerySet[Catalog]) -> None:
+        self._reembed(request, queryset, "all")
+
+    # --- Upload view ------------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        custom = [
+            path(
+                "<path:object_id>/upload/",
+                self.admin_site.admin_view(self.upload_view),
+                name="catalog_catalog_upload",
+            )
+        ]
+        return custom + super().get_urls()
+
+    def upload_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        catalog = self.get_object(request, unquote(object_id))
+        if catalog is None or not self.has_change_permission(request, catalog):
+            raise Http404("No such catalog.")
+        report = None
+        if request.method == "POST":
+            form = UploadImagesForm(request.POST, request.FILES)
+            if form.is_valid():
+                data = form.cleaned_data
+                report = ingest.import_uploads(
+                    catalog,
+                    data["images"],
+                    title=data["title"],
+                    description=data["description"],
+                    attributes=data["attributes"],
+                )
+                level = messages.SUCCESS if not report.rejected else messages.WARNING
+                self.message_user(request, f"Upload finished: {report.summary()}.", level)
+                form = UploadImagesForm()
+        else:
+            form = UploadImagesForm()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Upload images to {catalog}",
+            "opts": self.model._meta,
+            "original": catalog,
+            "form": form,
+            "report": report,
+            "progress": progress.counts(catalog),
+            "has_view_permission": True,
+        }
+        return TemplateResponse(request, "admin/catalog/catalog/upload.html", context)
+
+
+@admin.register(CatalogItem)
+class CatalogItemAdmin(ShopScopedAdmin):
+    list_display = ["thumbnail", "__str__", "catalog", "status", "width", "height", "created_at"]
+    list_display_links = ["thumbnail", "__str__"]
+    list_filter = ["status", ("catalog", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["title", "source_name", "sha256"]
+    list_select_related = ["catalog"]
+    readonly_fields = [
+        "preview",
+        "catalog",
+        "source_name",
+        "sha256",
+        "width",
+        "height",
+        "status",
+        "error",
+        "created_at",
+        "updated_at",
+    ]
+    fields = [
+        "preview",
+        "catalog",
+        "title",
+        "description",
+        "attributes",
+        "status",
+        "error",
+        "source_name",
+        "sha256",
+        "width",
+        "height",
+        "created_at",
+        "updated_at",
+    ]
+    actions = ["reembed_selected"]
+
+    def _shop_of(self, obj: CatalogItem) -> Shop:
+        return obj.catalog.shop
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[CatalogItem]:
+        return access.items_for(request.user).select_related("catalog__shop")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # images come in through a catalog's "Upload images" (validated) view
+
+    @admin.display(description="")
+    def thumbnail(self, obj: CatalogItem) -> str:
+        return format_html(
+            '<img src="{}" alt="" style="height:48px;width:48px;object-fit:contain">',
+            obj.image.url,
+        )
+
+    @admin.display(description="Image")
+    def preview(self, obj: CatalogItem) -> str:
+        return format_html(
+            '<img src="{}" alt="" style="max-height:320px;max-width:320px">', obj.image.url
+        )
+
+    def save_model(self, request: HttpRequest, obj: CatalogItem, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and {"title", "description"} & set(form.changed_data):
+            embedding.reembed_items([obj.pk])  # the product-text vector follows the new text
+
+    @admin.action(description="Re-embed selected items with current encoder")
+    def reembed_selected(self, request: HttpRequest, queryset: QuerySet[CatalogItem]) -> None:
+        queued = embedding.reembed_items(queryset.values_list("pk", flat=True))
+        self.message_user(request, f"Queued {queued} item(s) for embedding.")

@@ -1,0 +1,55 @@
+"""Forms of the catalog admin."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    """A file field that accepts many files (Django's documented recipe)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("widget", MultipleFileInput(attrs={"multiple": True}))
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data: Any, initial: Any = None) -> Any:
+        single = super().clean
+        if isinstance(data, list | tuple):
+            return [single(d, initial) for d in data]
+        return [single(data, initial)] if data else []
+
+
+class UploadImagesForm(forms.Form):
+    images = MultipleFileField(
+        label="Images or zip archives",
+        help_text="Select many files at once; zip archives are unpacked. Files are judged by "
+        "their content: anything that is not a sound raster image is reported, not stored.",
+        allow_empty_file=True,  # an empty file is reported as rejected, not a form error
+    )
+    title = forms.CharField(
+        required=False, max_length=500, help_text="Optional, applied to every uploaded image."
+    )
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    attributes = forms.CharField(
+        required=False,
+        help_text='Optional JSON object applied to every image, e.g. {"brand": "ACME"}.',
+    )
+
+    def clean_attributes(self) -> dict[str, Any]:
+        raw = self.cleaned_data.get("attributes") or ""
+        if not raw.strip():
+            return {}
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Must be a JSON object.")
+        return value
