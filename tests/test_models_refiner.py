@@ -91,8 +91,6 @@ def test_parse_refinement_cleans_answers(raw: str, description: str, prompts: li
         "A red dress with flowers.",  # no labels at all
         "DESCRIPTION: <one sentence>\nPROMPT 1: <prompt>\nPROMPT 2: <prompt>",
         "DESCRIPTION: !!!! ??? ....\nPROMPT 1: a\nPROMPT 2: b",
-        "DESCRIPTION: a red dress\nPROMPT 1: [insert prompt]\nPROMPT 2: [insert prompt]",
-        "DESCRIPTION: a red dress\nPROMPT 1: red dress front",  # one prompt short
     ],
 )
 def test_malformed_answers_fall_back_to_the_dialogue(raw: str) -> None:
@@ -101,6 +99,23 @@ def test_malformed_answers_fall_back_to_the_dialogue(raw: str) -> None:
     assert result.fallback is True
     assert result.description == BASELINE
     assert result.prompts == [BASELINE, BASELINE]
+
+
+@pytest.mark.parametrize(
+    ("raw", "prompts"),
+    [
+        (
+            "DESCRIPTION: a red dress\nPROMPT 1: [insert prompt]\nPROMPT 2: [insert prompt]",
+            ["a red dress", "a red dress"],
+        ),
+        ("DESCRIPTION: a red dress\nPROMPT 1: red dress front", ["red dress front", "a red dress"]),
+    ],
+)
+def test_missing_prompts_are_filled_with_the_description(raw: str, prompts: list[str]) -> None:
+    result = parse_refinement(raw, 2, DIALOGUE)
+    assert result.fallback is False
+    assert result.description == "a red dress"
+    assert result.prompts == prompts
 
 
 def test_fields_are_capped_at_a_word_boundary() -> None:

@@ -100,3 +100,18 @@ def rank(
         ef_search=settings.DAR_HNSW_EF_SEARCH,
         exclude=exclude,
     )
+
+
+def positions(
+    *, catalog_id: int, model_name: str, queries: np.ndarray, targets: Sequence[int]
+) -> list[int | None]:
+    """Where each target lands in ``rank(query, exact=True)`` over the whole catalog (0-based),
+    computed in the database without fetching the ranking: the offline evaluation's ranks.
+    Same space and model selection as ``rank`` (image space, no product text)."""
+    return vectors.positions(
+        catalog_id=catalog_id,
+        space=ItemEmbedding.Space.IMAGE,
+        model_name=model_name,
+        queries=queries,
+        targets=targets,
+    )

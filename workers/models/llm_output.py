@@ -146,7 +146,8 @@ def fallback_refinement(dialogue: Dialogue | str, k: int) -> Refinement:
 
 
 def parse_refinement(raw: str, k: int, dialogue: Dialogue | str) -> Refinement:
-    """A ``Refinement`` from the answer, or the fallback when anything required is unusable."""
+    """A ``Refinement`` from the answer; the dialogue-text fallback when the description is
+    unusable, and the description itself standing in for missing or unusable prompts."""
     descriptions, numbered, listed, _ = _labelled_fields(raw or "")
     description = clean_field(descriptions[0], DESCRIPTION_MAX_CHARS) if descriptions else ""
     if not looks_like_text(description):
@@ -154,8 +155,9 @@ def parse_refinement(raw: str, k: int, dialogue: Dialogue | str) -> Refinement:
     candidates = [numbered[n] for n in sorted(numbered)] if numbered else listed
     prompts = [clean_field(p, PROMPT_MAX_CHARS) for p in candidates]
     prompts = [p for p in prompts if looks_like_text(p, min_words=1)]
-    if len(prompts) < k:
-        return fallback_refinement(dialogue, k)
+    # Small LLMs often write a good description but echo the prompt placeholders. The description
+    # is still the better query, so keep it and paint it where prompts are missing.
+    prompts += [cap_text(description, PROMPT_MAX_CHARS)] * (k - len(prompts))
     return Refinement(description=description, prompts=prompts[:k], fallback=False)
 
 

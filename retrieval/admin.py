@@ -1,0 +1,512 @@
+"""The analysts' review of search sessions: read-only lists, turn details, exports, dashboard.
+
+Everything here is read-only by design (sessions are a record of what shoppers did), and every
+queryset is scoped through ``retrieval.analytics.scope`` so a shop admin only ever sees the
+sessions of their own shops' catalogs. Figures, charts and exports live in the service modules;
+this file only wires them into the admin.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, cast
+
+from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from retrieval import exports
+from retrieval.analytics import charts, scope, stats
+from retrieval.analytics.annotations import with_figures
+from retrieval.models import Feedback, SearchSession, Turn, TurnResult
+
+# Turn-count ranges of the session list filter: (query value, label, lowest, highest or None).
+TURN_RANGES: tuple[tuple[str, str, int, int | None], ...] = (
+    ("0", "no turns", 0, 0),
+    ("1", "1 turn", 1, 1),
+    ("2-3", "2 to 3", 2, 3),
+    ("4-6", "4 to 6", 4, 6),
+    ("7-10", "7 to 10", 7, 10),
+    ("11+", "11 or more", 11, None),
+)
+DASHBOARD_DAYS = (7, 30, 90, 365)
+THUMB_PX = 64
+# How many results of a turn's final ranking the session page shows.
+RESULTS_SHOWN = 8
+# Stages in pipeline order (PostgreSQL's jsonb keeps keys in its own order); others follow.
+STAGE_ORDER = ("queued", "text", "refine", "generate", "rank", "ask", "total")
+
+
+# --- HTML fragments --------------------------------------------------------------------------
+
+
+def _image_url(field: Any) -> str | None:
+    try:
+        return str(field.url) if field else None
+    except ValueError:  # a file field whose name is empty
+        return None
+
+
+def _thumb(url: str | None, title: str, caption: str = "") -> SafeString:
+    if url is None:
+        return format_html('<span title="{}">(no image)</span>', title)
+    return format_html(
+        '<figure style="display:inline-block;margin:0 6px 6px 0;text-align:center">'
+        '<a href="{}" target="_blank" rel="noopener"><img src="{}" alt="{}" title="{}" '
+        'loading="lazy" style="width:{}px;height:{}px;object-fit:cover;border:1px solid #ccc">'
+        '</a><figcaption style="font-size:11px">{}</figcaption></figure>',
+        url,
+        url,
+        title,
+        title,
+        THUMB_PX,
+        THUMB_PX,
+        caption,
+    )
+
+
+def previews_html(turn: Turn) -> SafeString:
+    previews = list(turn.previews.all())
+    if not previews:
+        return format_html("{}", "—")
+    return format_html_join(
+        "", "{}", ((_thumb(_image_url(p.image), p.prompt, f"seed {p.seed}"),) for p in previews)
+    )
+
+
+def results_html(turn: Turn) -> SafeString:
+    results = getattr(turn, "final_results", None)
+    if results is None:
+        results = turn.results.filter(final=True).select_related("item").order_by("rank")
+    shown = list(results)[:RESULTS_SHOWN]
+    if not shown:
+        return format_html("{}", "—")
+    return format_html_join(
+        "",
+        "{}",
+        (
+            (_thumb(_image_url(r.item.image), str(r.item), f"#{r.rank} · {r.score:.3f}"),)
+            for r in shown
+        ),
+    )
+
+
+def feedback_html(turn: Turn) -> SafeString:
+    votes = list(turn.feedback_set.all())
+    if not votes:
+        return format_html("{}", "—")
+    return format_html_join(
+        "",
+        "{}",
+        (
+            (
+                _thumb(
+                    _image_url(f.item.image),
+                    str(f.item),
+                    "👍 like" if f.value > 0 else "👎 dislike",
+                ),
+            )
+            for f in votes
+        ),
+    )
+
+
+def timings_html(timings: Any) -> SafeString:
+    if not isinstance(timings, dict) or not timings:
+        return format_html("{}", "—")
+    return format_html(
+        "<table><tbody>{}</tbody></table>",
+        format_html_join(
+            "",
+            "<tr><td>{}</td><td style='text-align:right'>{}</td></tr>",
+            (
+                (stage, f"{ms:,.0f} ms" if isinstance(ms, int | float) else str(ms))
+                for stage, ms in sorted(timings.items(), key=_stage_position)
+            ),
+        ),
+    )
+
+
+def _stage_position(entry: tuple[str, Any]) -> tuple[int, str]:
+    stage = entry[0]
+    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
+
+
+# --- shared behaviour ------------------------------------------------------------------------
+
+
+class ReadOnlyMixin:
+    """Nobody adds or edits these records through the admin; deleting needs the permission."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def _turn_details() -> tuple[Any, ...]:
+    top = TurnResult.objects.filter(final=True).select_related("item").order_by("rank")
+    return (
+        "previews",
+        Prefetch("results", queryset=top, to_attr="final_results"),
+        Prefetch("feedback_set", queryset=Feedback.objects.select_related("item")),
+    )
+
+
+# --- session list filters --------------------------------------------------------------------
+
+
+class TurnCountFilter(admin.SimpleListFilter):
+    title = "number of turns"
+    parameter_name = "turns"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, label) for value, label, _, _ in TURN_RANGES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+        for value, _, low, high in TURN_RANGES:
+            if self.value() == value:
+                queryset = queryset.filter(n_turns__gte=low)
+                return queryset if high is None else queryset.filter(n_turns__lte=high)
+        return queryset
+
+
+class OutcomeFilter(admin.SimpleListFilter):
+    title = "outcome"
+    parameter_name = "outcome"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("liked", "liked a result"), ("not_liked", "no liked result")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+        if self.value() == "liked":
+            return queryset.filter(liked=True)
+        if self.value() == "not_liked":
+            return queryset.filter(liked=False)
+        return queryset
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+class TurnInline(ReadOnlyMixin, admin.StackedInline):
+    model = Turn
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("index",)
+    fields = (
+        ("index", "status", "created_at"),
+        "message",
+        "refined_query",
+        "question",
+        "previews",
+        "results",
+        "feedback",
+        "stage_timings",
+        ("error_code", "error"),
+    )
+    readonly_fields = (
+        "index",
+        "status",
+        "created_at",
+        "message",
+        "refined_query",
+        "question",
+        "previews",
+        "results",
+        "feedback",
+        "stage_timings",
+        "error_code",
+        "error",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
+        return super().get_queryset(request).prefetch_related(*_turn_details())
+
+    @admin.display(description="previews")
+    def previews(self, obj: Turn) -> SafeString:
+        return previews_html(obj)
+
+    @admin.display(description="results (final ranking, score)")
+    def results(self, obj: Turn) -> SafeString:
+        return results_html(obj)
+
+    @admin.display(description="feedback")
+    def feedback(self, obj: Turn) -> SafeString:
+        return feedback_html(obj)
+
+    @admin.display(description="stage timings")
+    def stage_timings(self, obj: Turn) -> SafeString:
+        return timings_html(obj.timings)
+
+
+@admin.register(SearchSession)
+class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "catalog",
+        "turn_count",
+        "failed_count",
+        "first_message",
+        "likes",
+        "dislikes",
+        "liked_result",
+    )
+    list_filter = (
+        ("catalog", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+        TurnCountFilter,
+        OutcomeFilter,
+    )
+    list_select_related = ("catalog",)
+    date_hierarchy = "created_at"
+    search_fields = ("turns__message", "turns__refined_query")
+    fields = ("id", "catalog", "user", "created_at", "updated_at")
+    readonly_fields = fields
+    inlines = (TurnInline,)
+    actions = (
+        "export_sessions_csv",
+        "export_sessions_json",
+        "export_turns_csv",
+        "export_turns_json",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SearchSession]:
+        first = Prefetch("turns", queryset=Turn.objects.filter(index=0), to_attr="first_turns")
+        sessions = scope.visible_sessions(request.user)
+        return with_figures(sessions).prefetch_related(first)
+
+    @admin.display(description="turns", ordering="n_turns")
+    def turn_count(self, obj: SearchSession) -> int:
+        return obj.n_turns  # type: ignore[attr-defined]
+
+    @admin.display(description="failed", ordering="n_failed")
+    def failed_count(self, obj: SearchSession) -> int:
+        return obj.n_failed  # type: ignore[attr-defined]
+
+    @admin.display(description="first message")
+    def first_message(self, obj: SearchSession) -> str:
+        first = getattr(obj, "first_turns", None) or []
+        return first[0].message[:80] if first else ""
+
+    @admin.display(description="👍", ordering="n_likes")
+    def likes(self, obj: SearchSession) -> int:
+        return obj.n_likes  # type: ignore[attr-defined]
+
+    @admin.display(description="👎", ordering="n_dislikes")
+    def dislikes(self, obj: SearchSession) -> int:
+        return obj.n_dislikes  # type: ignore[attr-defined]
+
+    @admin.display(description="liked a result", boolean=True, ordering="liked")
+    def liked_result(self, obj: SearchSession) -> bool:
+        return bool(obj.liked)  # type: ignore[attr-defined]
+
+    # Exports of the selected sessions (the action bar offers "select all N" for a filtered list).
+
+    @admin.action(description="Export selected sessions (CSV)")
+    def export_sessions_csv(
+        self, request: HttpRequest, queryset: QuerySet[SearchSession]
+    ) -> StreamingHttpResponse:
+        return exports.export_response(queryset, "sessions", "csv")
+
+    @admin.action(description="Export selected sessions (JSON)")
+    def export_sessions_json(
+        self, request: HttpRequest, queryset: QuerySet[SearchSession]
+    ) -> StreamingHttpResponse:
+        return exports.export_response(queryset, "sessions", "json")
+
+    @admin.action(description="Export turns of selected sessions (CSV)")
+    def export_turns_csv(
+        self, request: HttpRequest, queryset: QuerySet[SearchSession]
+    ) -> StreamingHttpResponse:
+        return exports.export_response(queryset, "turns", "csv")
+
+    @admin.action(description="Export turns of selected sessions (JSON)")
+    def export_turns_json(
+        self, request: HttpRequest, queryset: QuerySet[SearchSession]
+    ) -> StreamingHttpResponse:
+        return exports.export_response(queryset, "turns", "json")
+
+    # Extra pages: the dashboard and exports of the whole filtered list.
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap: Callable[..., Any] = self.admin_site.admin_view
+        extra = [
+            path(
+                "dashboard/",
+                wrap(self.dashboard_view),
+                name="retrieval_searchsession_dashboard",
+            ),
+            path(
+                "export/<str:kind>.<str:fmt>",
+                wrap(self.export_view),
+                name="retrieval_searchsession_export",
+            ),
+        ]
+        return [*extra, *super().get_urls()]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        context = {"export_kinds": exports.KINDS, "export_formats": exports.FORMATS}
+        return super().changelist_view(request, {**context, **(extra_context or {})})
+
+    def export_view(self, request: HttpRequest, kind: str, fmt: str) -> HttpResponseBase:
+        """The sessions (or their turns) of the list as filtered by the query string."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if kind not in exports.KINDS or fmt not in exports.FORMATS:
+            return HttpResponseBadRequest("unknown export")
+        try:
+            sessions = self.get_changelist_instance(request).get_queryset(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("invalid filter")
+        return exports.export_response(
+            sessions, cast(exports.Kind, kind), cast(exports.Format, fmt)
+        )
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        catalogs = scope.visible_catalogs(request.user)
+        days = _int_param(request, "days", 30)
+        if days not in DASHBOARD_DAYS:
+            days = 30
+        catalog_id = _int_param(request, "catalog", None)
+        sessions = scope.visible_sessions(request.user).filter(
+            created_at__gte=timezone.now() - dt.timedelta(days=days)
+        )
+        if catalog_id is not None:
+            if not catalogs.filter(pk=catalog_id).exists():
+                raise PermissionDenied
+            sessions = sessions.filter(catalog_id=catalog_id)
+        figures = stats.dashboard(sessions)
+        pngs = {
+            "turns": charts.turns_histogram(figures.turns_per_session),
+            "latency": charts.latency_chart(figures.latency),
+            "feedback": charts.feedback_chart(figures.feedback_by_day),
+        }
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Search dashboard",
+            "opts": self.opts,
+            "figures": figures,
+            "charts": {name: charts.data_uri(png) if png else None for name, png in pngs.items()},
+            "days": days,
+            "day_choices": DASHBOARD_DAYS,
+            "catalogs": catalogs.order_by("name"),
+            "catalog_id": catalog_id,
+        }
+        return TemplateResponse(request, "admin/retrieval/dashboard.html", context)
+
+
+def _int_param(request: HttpRequest, name: str, default: int | None) -> int | None:
+    try:
+        return int(request.GET[name])
+    except (KeyError, ValueError):
+        return default
+
+
+# --- turns and feedback on their own ---------------------------------------------------------
+
+
+@admin.register(Turn)
+class TurnAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ("created_at", "session", "index", "status", "short_message", "error_code")
+    list_filter = (
+        "status",
+        ("session__catalog", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+        "refinement_fallback",
+        "error_code",
+    )
+    list_select_related = ("session__catalog",)
+    search_fields = ("message", "refined_query")
+    fields = (
+        ("session", "index", "status"),
+        "message",
+        "context",
+        "refined_query",
+        "refinement_fallback",
+        "prompts",
+        "question",
+        "previews",
+        "results",
+        "feedback",
+        ("encoder_name", "weights"),
+        "stage_timings",
+        ("error_code", "error"),
+        ("created_at", "started_at", "finished_at"),
+        ("task_id", "attempts"),
+    )
+    readonly_fields = (
+        "session",
+        "index",
+        "status",
+        "message",
+        "context",
+        "refined_query",
+        "refinement_fallback",
+        "prompts",
+        "question",
+        "previews",
+        "results",
+        "feedback",
+        "encoder_name",
+        "weights",
+        "stage_timings",
+        "error_code",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "task_id",
+        "attempts",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
+        turns = scope.visible_turns(request.user)
+        return turns.prefetch_related(*_turn_details())
+
+    @admin.display(description="message")
+    def short_message(self, obj: Turn) -> str:
+        return obj.message[:80]
+
+    @admin.display(description="previews")
+    def previews(self, obj: Turn) -> SafeString:
+        return previews_html(obj)
+
+    @admin.display(description="results (final ranking, score)")
+    def results(self, obj: Turn) -> SafeString:
+        return results_html(obj)
+
+    @admin.display(description="feedback")
+    def feedback(self, obj: Turn) -> SafeString:
+        return feedback_html(obj)
+
+    @admin.display(description="stage timings")
+    def stage_timings(self, obj: Turn) -> SafeString:
+        return timings_html(obj.timings)
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ("created_at", "session", "turn", "item", "value")
+    list_filter = ("value", ("session__catalog", admin.RelatedOnlyFieldListFilter), "created_at")
+    list_select_related = ("session__catalog", "turn", "item")
+    fields = ("session", "turn", "item", "value", "created_at")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Feedback]:
+        return scope.visible_feedback(request.user)
