@@ -53,8 +53,17 @@ def ensure_index(space: str, model_name: str, dim: int) -> str:
     return name
 
 
-def store(space: str, model_name: str, rows: Iterable[tuple[int, int, np.ndarray]]) -> int:
-    """Upsert vectors given as (item_id, catalog_id, vector); idempotent per item/space/model."""
+def store(
+    space: str,
+    model_name: str,
+    rows: Iterable[tuple[int, int, np.ndarray]],
+    *,
+    index: bool = True,
+) -> int:
+    """Upsert vectors given as (item_id, catalog_id, vector); idempotent per item/space/model.
+
+    ``index=False`` leaves the HNSW index to a later ``ensure_index``: building it once after a
+    bulk load is several times faster than updating it on every insert."""
     objs = []
     dim = 0
     for item_id, catalog_id, vector in rows:
@@ -78,7 +87,8 @@ def store(space: str, model_name: str, rows: Iterable[tuple[int, int, np.ndarray
             unique_fields=["item", "space", "model_name"],
             update_fields=["vector", "dim", "catalog"],
         )
-    ensure_index(space, model_name, dim)
+    if index:
+        ensure_index(space, model_name, dim)
     return len(objs)
 
 

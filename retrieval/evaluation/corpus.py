@@ -222,7 +222,8 @@ def embed_list_corpus(
             rows = [
                 (corpus.item_ids[i], corpus.catalog.pk, matrix[i - chunk.start]) for i in missing
             ]
-            vectors.store(ItemEmbedding.Space.IMAGE, encoder.name, rows)
+            # Ranking here is exact by default; --use-index builds the index after the load.
+            vectors.store(ItemEmbedding.Space.IMAGE, encoder.name, rows, index=False)
             CatalogItem.objects.filter(pk__in=[r[0] for r in rows]).update(
                 status=CatalogItem.Status.EMBEDDED
             )

@@ -24,6 +24,8 @@ import numpy as np
 from django.db import connections
 from tqdm import tqdm
 
+from catalog.models import ItemEmbedding
+from catalog.services import vectors
 from retrieval.evaluation import corpus as corpus_mod
 from retrieval.evaluation import protocol
 from retrieval.evaluation.cache import DiskCache, write_atomic
@@ -238,6 +240,8 @@ def run(options: Options) -> Result:
 
         encoder = get_encoder()
         _embed_corpus(options, corpus, encoder, cache, counters)
+        if options.use_index:
+            vectors.ensure_index(ItemEmbedding.Space.IMAGE, encoder.name, encoder.dim)
     except corpus_mod.CorpusError as exc:
         raise EvaluationError(str(exc)) from exc
 
