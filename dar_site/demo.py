@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from dar_site.env import env_int
+
 CHILDREN: list[subprocess.Popen[bytes]] = []
 
 
@@ -123,6 +125,10 @@ def main() -> None:
             "worker",
             "--loglevel",
             "INFO",
+            # Beat inside the worker: it runs the sweeper for turns stuck past their limit.
+            "-B",
+            "--schedule",
+            str(run_dir / "celerybeat-schedule"),
             "--pool",
             "threads",
             "--concurrency",
@@ -133,7 +139,7 @@ def main() -> None:
         env,
         worker_log,
     )
-    port = _port(int(os.environ.get("DAR_DEMO_PORT", "8000")))
+    port = _port(env_int("DAR_DEMO_PORT", 8000, min=1, max=65535))
     web_log = logs / "web.log"
     _spawn(
         [

@@ -115,8 +115,7 @@ def _start_redis(data_dir: Path) -> int:
     log.info("started embedded Redis on port %s (pid %s)", port, proc.pid)
     _started_redis.append(proc.pid)
     (data_dir / "pid").write_text(str(proc.pid))
-    if os.environ.get("DAR_KEEP_EMBEDDED_REDIS") != "1":
-        atexit.register(_stop_redis, proc)
+    atexit.register(_stop_redis, proc)
     return port
 
 

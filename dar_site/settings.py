@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / ReDoc assets served locally: no CDN
     "channels",
     "catalog",
     "retrieval",
@@ -123,10 +124,17 @@ else:
 # A prefix keeps several instances (or parallel test runs) apart on one Redis server.
 REDIS_PREFIX = env_str("DAR_REDIS_PREFIX", "dar")
 
+# redis-py 8 gives every socket read a 5 s timeout, exactly channels_redis's BZPOPMIN wait: an idle
+# consumer's receive would then fail with TimeoutError every 5 s and drop its websocket. Reads must
+# outlast the blocking pop (tests/test_faults.py checks an idle receive survives).
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:asgi", "capacity": 500},
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            "prefix": f"{REDIS_PREFIX}:asgi",
+            "capacity": 500,
+        },
     }
 }
 
@@ -186,7 +194,14 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
 }
-SPECTACULAR_SETTINGS = {"TITLE": "DAR search API", "VERSION": "1.0.0"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "DAR search API",
+    "VERSION": "1.0.0",
+    # Swagger UI and ReDoc from the installed drf-spectacular-sidecar (static files), not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 
 LOGGING = {
     "version": 1,
@@ -225,4 +240,18 @@ DAR_MAX_TURNS_PER_SESSION = env_int("DAR_MAX_TURNS_PER_SESSION", 30, min=1)
 DAR_RATE_LIMIT_TURNS = env_int("DAR_RATE_LIMIT_TURNS", 10, min=1)
 DAR_RATE_LIMIT_WINDOW = env_int("DAR_RATE_LIMIT_WINDOW", 60, min=1)
 DAR_WEBSOCKET_ALLOWED_ORIGINS = env_list("DAR_WEBSOCKET_ALLOWED_ORIGINS")
+# Search turns (retrieval/services/turns.py, pipeline.py). Per-address turn limit: several
+# shoppers may share one address (NAT, office), so it is looser than the per-session one.
+DAR_RATE_LIMIT_ADDRESS_TURNS = env_int(
+    "DAR_RATE_LIMIT_ADDRESS_TURNS", 5 * DAR_RATE_LIMIT_TURNS, min=1
+)
+# Disliked items are left out of the session's later rankings (besides Rocchio's push).
+DAR_FEEDBACK_EXCLUDE_DISLIKED = env_bool("DAR_FEEDBACK_EXCLUDE_DISLIKED", True)
+# A turn whose worker died this many times is failed ("worker_lost") instead of rerun again.
+DAR_TURN_MAX_ATTEMPTS = env_int("DAR_TURN_MAX_ATTEMPTS", 3, min=1)
+# Celery beat runs the stuck-turn sweeper this often (pages also sweep when they connect).
+DAR_SWEEP_INTERVAL = env_int("DAR_SWEEP_INTERVAL", 60, min=5)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stuck-turns": {"task": "search.sweep_stuck_turns", "schedule": DAR_SWEEP_INTERVAL},
+}
 DAR_MODEL_PROFILE = env_choice("DAR_MODEL_PROFILE", "auto", ["auto", "standard", "offline"])
