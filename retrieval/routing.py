@@ -1,3 +1,7 @@
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-websocket_urlpatterns: list[URLPattern] = []
+from .consumers import SearchConsumer
+
+websocket_urlpatterns: list[URLPattern] = [
+    path("ws/search/<str:session_id>/", SearchConsumer.as_asgi(), name="search-socket"),
+]

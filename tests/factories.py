@@ -8,11 +8,12 @@ from typing import Any
 
 import factory
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from PIL import Image
 
 from catalog.models import Catalog, CatalogItem, Shop
-from retrieval.models import SearchSession, Turn
+from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
 
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: int = 32) -> bytes:
@@ -21,7 +22,7 @@ def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: int = 32) -> by
     return buffer.getvalue()
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = get_user_model()
         django_get_or_create = ("username",)
@@ -32,7 +33,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     is_staff = True
 
 
-class ShopFactory(factory.django.DjangoModelFactory):
+class ShopFactory(factory.django.DjangoModelFactory[Shop]):
     class Meta:
         model = Shop
 
@@ -40,7 +41,7 @@ class ShopFactory(factory.django.DjangoModelFactory):
     slug = factory.Sequence(lambda n: f"shop-{n}")
 
 
-class CatalogFactory(factory.django.DjangoModelFactory):
+class CatalogFactory(factory.django.DjangoModelFactory[Catalog]):
     class Meta:
         model = Catalog
 
@@ -49,7 +50,7 @@ class CatalogFactory(factory.django.DjangoModelFactory):
     slug = factory.Sequence(lambda n: f"catalog-{n}")
 
 
-class CatalogItemFactory(factory.django.DjangoModelFactory):
+class CatalogItemFactory(factory.django.DjangoModelFactory[CatalogItem]):
     class Meta:
         model = CatalogItem
 
@@ -71,7 +72,7 @@ class CatalogItemFactory(factory.django.DjangoModelFactory):
         return item
 
 
-class SearchSessionFactory(factory.django.DjangoModelFactory):
+class SearchSessionFactory(factory.django.DjangoModelFactory[SearchSession]):
     class Meta:
         model = SearchSession
 
@@ -79,7 +80,7 @@ class SearchSessionFactory(factory.django.DjangoModelFactory):
     session_key = factory.Sequence(lambda n: f"key{n}")
 
 
-class TurnFactory(factory.django.DjangoModelFactory):
+class TurnFactory(factory.django.DjangoModelFactory[Turn]):
     class Meta:
         model = Turn
 
@@ -90,10 +91,9 @@ class TurnFactory(factory.django.DjangoModelFactory):
 
 # --- analysts (previews, results, feedback of turns) ---------------------------------------
 
-from retrieval.models import Feedback, Preview, TurnResult  # noqa: E402
 
 
-class PreviewFactory(factory.django.DjangoModelFactory):
+class PreviewFactory(factory.django.DjangoModelFactory[Preview]):
     class Meta:
         model = Preview
 
@@ -104,7 +104,7 @@ class PreviewFactory(factory.django.DjangoModelFactory):
     image = factory.django.ImageField(width=16, height=16, color="blue")
 
 
-class TurnResultFactory(factory.django.DjangoModelFactory):
+class TurnResultFactory(factory.django.DjangoModelFactory[TurnResult]):
     class Meta:
         model = TurnResult
 
@@ -117,7 +117,7 @@ class TurnResultFactory(factory.django.DjangoModelFactory):
     score = 0.5
 
 
-class FeedbackFactory(factory.django.DjangoModelFactory):
+class FeedbackFactory(factory.django.DjangoModelFactory[Feedback]):
     class Meta:
         model = Feedback
 

@@ -6,6 +6,7 @@ have seen from the live events.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -59,9 +60,19 @@ def previews_event(turn: Turn, previews: Iterable[Preview]) -> dict[str, Any]:
     }
 
 
-def turn_payload(turn: Turn) -> dict[str, Any]:
-    """Everything a turn produced so far; final results win over provisional ones."""
-    results = list(turn.results.select_related("item"))
+def turn_payload(
+    turn: Turn,
+    results: list[TurnResult] | None = None,
+    previews: list[Preview] | None = None,
+) -> dict[str, Any]:
+    """Everything a turn produced so far; final results win over provisional ones.
+
+    ``results``/``previews`` may be passed in when loaded for many turns at once.
+    """
+    if results is None:
+        results = list(turn.results.select_related("item").order_by("-final", "rank"))
+    if previews is None:
+        previews = list(turn.previews.order_by("index"))
     final = [r for r in results if r.final]
     shown = final or [r for r in results if not r.final]
     return {
@@ -72,7 +83,7 @@ def turn_payload(turn: Turn) -> dict[str, Any]:
         "refined_query": turn.refined_query,
         "prompts": list(turn.prompts),
         "fallback": turn.refinement_fallback,
-        "previews": previews_event(turn, turn.previews.all())["images"],
+        "previews": previews_event(turn, previews)["images"],
         "results": results_event(turn, shown, final=bool(final))["items"],
         "final": bool(final),
         "question": turn.question,
@@ -86,11 +97,24 @@ def turn_payload(turn: Turn) -> dict[str, Any]:
 
 def session_payload(session: SearchSession) -> dict[str, Any]:
     feedback = Feedback.objects.filter(session=session).values_list("item_id", "value")
+    # Three queries for the whole history instead of two per turn.
+    results: dict[int, list[TurnResult]] = defaultdict(list)
+    for result in (
+        TurnResult.objects.filter(turn__session=session)
+        .select_related("item")
+        .order_by("turn_id", "-final", "rank")
+    ):
+        results[result.turn_id].append(result)
+    previews: dict[int, list[Preview]] = defaultdict(list)
+    for preview in Preview.objects.filter(turn__session=session).order_by("turn_id", "index"):
+        previews[preview.turn_id].append(preview)
     return {
         "id": str(session.pk),
         "catalog": {"slug": session.catalog.slug, "name": session.catalog.name},
         "created_at": session.created_at.isoformat(),
-        "turns": [turn_payload(t) for t in session.turns.order_by("index")],
+        "turns": [
+            turn_payload(t, results[t.pk], previews[t.pk]) for t in session.turns.order_by("index")
+        ],
         "feedback": {str(item_id): value for item_id, value in feedback},
     }
 

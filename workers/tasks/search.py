@@ -1,1 +1,33 @@
-"""Search turn tasks (gpu queue)."""
+"""Search turn tasks. ``gpu.run_turn`` runs on the gpu queue, where the models stay loaded."""
+
+from __future__ import annotations
+
+from celery import Task, shared_task
+from django.conf import settings
+
+from retrieval.services import pipeline, turns
+
+
+@shared_task(
+    name=turns.RUN_TURN_TASK,
+    bind=True,
+    acks_late=True,
+    # Waiting for the previous turn retries without a cap: the sweeper ends any turn that
+    # outlives DAR_TURN_TIME_LIMIT, so the wait is bounded by the predecessor's limit.
+    max_retries=None,
+    # The soft limit raises inside the turn, which then fails itself with code "timeout"; the
+    # hard limit kills a turn stuck in native code, and the sweeper reports that one.
+    soft_time_limit=settings.DAR_TURN_TIME_LIMIT,
+    time_limit=settings.DAR_TURN_TIME_LIMIT + turns.TIME_LIMIT_GRACE,
+)
+def run_turn(self: Task, turn_id: int) -> None:
+    try:
+        pipeline.run_turn(turn_id)
+    except pipeline.TurnNotReady as wait:
+        # Turns run in index order: come back when the previous turn of the session is over.
+        raise self.retry(countdown=wait.delay) from None
+
+
+@shared_task(name="search.sweep_stuck_turns")
+def sweep_stuck_turns() -> int:
+    return turns.sweep_stuck_turns()

@@ -1,0 +1,116 @@
+"""The search websocket: ``/ws/search/<session_id>/``.
+
+Client -> server: ``{"type": "message", "text": ...}``, ``{"type": "feedback", "item": <id>,
+"value": 1 | -1 | 0}``, ``{"type": "restore"}``. Server -> client: the session's events (see
+retrieval/services/payloads.py), a ``state`` event on connect and on restore, and ``error`` events
+for bad input, after which the socket stays open.
+
+Another shopper's session (or a missing one) is refused at connect: the socket is accepted just
+long enough to send an ``error`` event, then closed with code 4403 (forbidden) or 4404 (not found)
+so the page can tell it apart from a dropped connection and stop reconnecting.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from retrieval.models import SearchSession
+from retrieval.services import access, events, feedback, payloads, turns
+from retrieval.services.errors import SearchError
+
+CLOSE_CODES = {"forbidden": 4403, "not_found": 4404}
+
+
+class SearchConsumer(AsyncWebsocketConsumer):
+    session: SearchSession | None = None
+    group: str | None = None
+
+    async def connect(self) -> None:
+        await self.accept()
+        try:
+            self.session = await database_sync_to_async(access.session_for)(
+                self.scope["url_route"]["kwargs"]["session_id"],
+                self.scope.get("user"),
+                _session_key(self.scope),
+            )
+        except SearchError as error:
+            await self._send(error.as_event())
+            await self.close(code=CLOSE_CODES.get(error.code, 4400))
+            return
+        self.group = events.group_name(self.session.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self._send_state()
+
+    async def disconnect(self, code: int) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.session is None:
+            return
+        try:
+            await self._handle(_parse(text_data))
+        except SearchError as error:
+            await self._send(error.as_event())
+
+    async def _handle(self, data: dict[str, Any]) -> None:
+        assert self.session is not None
+        kind = data.get("type")
+        if kind == "message":
+            # turn.accepted reaches this socket through the session's group, like every event.
+            await database_sync_to_async(turns.submit_message)(
+                self.session, data.get("text"), address=_address(self.scope)
+            )
+        elif kind == "feedback":
+            await database_sync_to_async(feedback.record_feedback)(
+                self.session, data.get("item"), data.get("value")
+            )
+        elif kind == "restore":
+            await self._send_state()
+        else:
+            raise SearchError(
+                "unknown_type", f"Unknown message type {kind!r}: use message, feedback or restore."
+            )
+
+    async def search_event(self, message: dict[str, Any]) -> None:
+        await self._send(message["event"])
+
+    async def _send_state(self) -> None:
+        assert self.session is not None
+        state = await database_sync_to_async(_state)(self.session)
+        await self._send(state)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(event))
+
+
+def _state(session: SearchSession) -> dict[str, Any]:
+    # A page that reconnects after a worker died must not wait forever on a dead turn.
+    turns.sweep_stuck_turns(session_id=session.pk)
+    return payloads.state_event(session)
+
+
+def _parse(text: str | None) -> dict[str, Any]:
+    if text is None:
+        raise SearchError("bad_json", "Send JSON text frames.")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise SearchError("bad_json", "That was not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise SearchError("bad_json", 'Send a JSON object such as {"type": "message", ...}.')
+    return data
+
+
+def _session_key(scope: dict[str, Any]) -> str | None:
+    session = scope.get("session")
+    return getattr(session, "session_key", None) if session is not None else None
+
+
+def _address(scope: dict[str, Any]) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None

@@ -1,0 +1,49 @@
+"""Creating search sessions and listing the catalogs a shopper may search."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from catalog.models import Catalog
+from retrieval.models import SearchSession
+
+from .access import can_search
+from .errors import SearchError
+
+
+def searchable_catalogs(user: Any) -> QuerySet[Catalog]:
+    catalogs = Catalog.objects.select_related("shop").order_by("name")
+    if user is not None and user.is_authenticated:
+        if user.is_superuser:
+            return catalogs
+        return catalogs.filter(Q(is_public=True) | Q(shop__admins=user)).distinct()
+    return catalogs.filter(is_public=True)
+
+
+def catalog_for(ref: Any, user: Any) -> Catalog:
+    """A catalog by slug (or numeric id) that this user may search."""
+    catalog = None
+    if isinstance(ref, str) and ref.strip():
+        catalog = Catalog.objects.select_related("shop").filter(slug=ref.strip()).first()
+    if catalog is None and isinstance(ref, int | str) and str(ref).strip().isdigit():
+        catalog = Catalog.objects.select_related("shop").filter(pk=int(ref)).first()
+    # A private catalog answers exactly like a missing one, so slugs cannot be probed.
+    if catalog is None or not can_search(user, catalog):
+        raise SearchError("not_found", "No such catalog.")
+    return catalog
+
+
+def create_session(catalog: Catalog, user: Any, session_key: str | None) -> SearchSession:
+    """A new search session owned by the signed-in user, else by the browser's session key."""
+    if not can_search(user, catalog):
+        raise SearchError("not_found", "No such catalog.")
+    signed_in = user is not None and user.is_authenticated
+    if not signed_in and not session_key:
+        raise SearchError("forbidden", "Cookies are needed to keep an anonymous search session.")
+    return SearchSession.objects.create(
+        catalog=catalog,
+        user=user if signed_in else None,
+        session_key="" if signed_in else (session_key or ""),
+    )

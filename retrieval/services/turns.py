@@ -1,0 +1,158 @@
+"""Turn lifecycle on the web side: accept a message, enqueue its turn, fail turns that got stuck.
+
+Ordering: a message sent while an earlier turn of the same session is still queued or running is
+*accepted and queued*, never refused. Turns run strictly in index order: the worker task of turn n
+waits (Celery retry with a short countdown, see ``pipeline.TurnNotReady``) until turn n-1 is done or
+failed, so events of two turns never interleave and each turn sees the feedback given before it.
+
+Nothing stays queued or running forever: ``sweep_stuck_turns`` fails turns that outlived
+DAR_TURN_TIME_LIMIT (code ``timeout``). It runs when a page connects or restores, before each new
+message, while a queued task waits for its predecessor, and periodically from Celery beat.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from retrieval.models import SearchSession, Turn
+
+from . import events, ratelimit
+from .errors import SearchError
+
+log = logging.getLogger(__name__)
+
+RUN_TURN_TASK = "gpu.run_turn"
+# Celery's hard limit fires TIME_LIMIT_GRACE seconds after the soft one; the sweeper waits a bit
+# longer so that a live worker always gets to report its own timeout first.
+TIME_LIMIT_GRACE = 15
+SWEEP_GRACE = TIME_LIMIT_GRACE + 15
+
+ACTIVE = (Turn.Status.QUEUED, Turn.Status.RUNNING)
+FINISHED = (Turn.Status.DONE, Turn.Status.FAILED)
+
+
+def clean_message(text: Any) -> str:
+    if not isinstance(text, str):
+        raise SearchError("empty_message", "Send the message as text.")
+    text = text.strip()
+    if not text:
+        raise SearchError("empty_message", "Describe what you are looking for.")
+    limit = settings.DAR_MAX_MESSAGE_CHARS
+    if len(text) > limit:
+        raise SearchError(
+            "message_too_long", f"That message is {len(text)} characters; the limit is {limit}."
+        )
+    return text
+
+
+def submit_message(session: SearchSession, text: Any, *, address: str | None = None) -> Turn:
+    """Validate a shopper's message, store it as the session's next turn and enqueue the turn.
+
+    Raises ``SearchError`` (nothing is stored) for an empty or oversized message, a session that
+    reached DAR_MAX_TURNS_PER_SESSION, or a rate limit.
+    """
+    text = clean_message(text)
+    sweep_stuck_turns(session_id=session.pk)
+    with transaction.atomic():
+        # Locking the session row serialises concurrent messages, so indexes stay gapless.
+        locked = SearchSession.objects.select_for_update().get(pk=session.pk)
+        previous = list(locked.turns.order_by("index").values_list("message", flat=True))
+        if len(previous) >= settings.DAR_MAX_TURNS_PER_SESSION:
+            raise SearchError(
+                "too_many_turns",
+                "This search has reached its length limit; please start a new search.",
+            )
+        ratelimit.check_turn_allowed(locked.pk, address)
+        turn = Turn.objects.create(
+            session=locked, index=len(previous), message=text, context=[*previous, text]
+        )
+        locked.save(update_fields=["updated_at"])
+        transaction.on_commit(lambda: _enqueue(turn))
+    return turn
+
+
+def _enqueue(turn: Turn) -> None:
+    events.emit(
+        turn.session_id,
+        {"type": "turn.accepted", "turn": turn.index, "message": turn.message, "status": "queued"},
+    )
+    result = current_app.send_task(RUN_TURN_TASK, args=[turn.pk])
+    Turn.objects.filter(pk=turn.pk).update(task_id=result.id)
+
+
+def fail_turn(
+    turn: Turn,
+    code: str,
+    message: str,
+    *,
+    attempt: int | None = None,
+    statuses: Iterable[str] = ACTIVE,
+) -> bool:
+    """Mark a turn failed and tell the page, unless it already finished (or, with ``attempt``, a
+    newer attempt took it over). Returns whether this call failed it."""
+    now = timezone.now()
+    rows = Turn.objects.filter(pk=turn.pk, status__in=list(statuses))
+    if attempt is not None:
+        rows = rows.filter(attempts=attempt)
+    timings = dict(turn.timings)
+    if turn.started_at:
+        timings["total"] = round((now - turn.started_at).total_seconds() * 1000)
+    updated = rows.update(
+        status=Turn.Status.FAILED,
+        error_code=code,
+        error=message,
+        finished_at=now,
+        timings=timings,
+    )
+    if updated:
+        events.emit(
+            turn.session_id,
+            {"type": "error", "turn": turn.index, "code": code, "message": message},
+        )
+    return bool(updated)
+
+
+def sweep_stuck_turns(session_id: Any = None) -> int:
+    """Fail turns queued or running for longer than DAR_TURN_TIME_LIMIT; returns how many.
+
+    A queued turn's clock starts when it became runnable (its predecessor finished), so a turn
+    that legitimately waits behind a slow predecessor is not failed for the wait.
+    """
+    now = timezone.now()
+    limit = timedelta(seconds=settings.DAR_TURN_TIME_LIMIT + SWEEP_GRACE)
+    cutoff = now - limit
+    candidates = Turn.objects.filter(
+        Q(status=Turn.Status.RUNNING, started_at__lt=cutoff)
+        | Q(status=Turn.Status.QUEUED, created_at__lt=cutoff)
+    )
+    if session_id is not None:
+        candidates = candidates.filter(session_id=session_id)
+    failed = 0
+    for turn in candidates.order_by("session_id", "index"):
+        if turn.status == Turn.Status.QUEUED and not _queued_too_long(turn, cutoff):
+            continue
+        message = "This search step took too long and was stopped. Please send your message again."
+        if fail_turn(turn, "timeout", message, statuses=[turn.status]):
+            log.warning("turn %s (session %s) swept as timed out", turn.index, turn.session_id)
+            failed += 1
+    return failed
+
+
+def _queued_too_long(turn: Turn, cutoff: Any) -> bool:
+    if turn.index == 0:
+        return True
+    previous = Turn.objects.filter(session_id=turn.session_id, index=turn.index - 1).first()
+    if previous is None:
+        return True
+    if previous.status in ACTIVE:
+        return False  # still waiting in line; the predecessor is swept on its own clock
+    return previous.finished_at is None or previous.finished_at < cutoff

@@ -1,0 +1,53 @@
+"""The shopper pages: the list of catalogs and the conversational search page of one catalog."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db.models import Count, Q
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.csrf import ensure_csrf_cookie
+
+from catalog.models import CatalogItem
+from retrieval.services import sessions
+from retrieval.services.errors import SearchError
+
+
+def _stand_in() -> bool:
+    # workers.models.config reads the model settings without importing torch.
+    from workers.models.config import is_stand_in
+
+    return bool(is_stand_in())
+
+
+def catalog_list(request: HttpRequest) -> HttpResponse:
+    catalogs = sessions.searchable_catalogs(request.user).annotate(
+        item_count=Count("items", filter=Q(items__status=CatalogItem.Status.EMBEDDED))
+    )
+    return render(request, "retrieval/catalog_list.html", {"catalogs": catalogs})
+
+
+@ensure_csrf_cookie
+def search_page(request: HttpRequest, slug: str) -> HttpResponse:
+    try:
+        catalog = sessions.catalog_for(slug, request.user)
+    except SearchError:
+        raise Http404("No such catalog") from None
+    if not request.user.is_authenticated and not request.session.session_key:
+        # The page's search sessions belong to this key, so it must exist before the socket opens.
+        request.session.save()
+    config = {
+        "catalog": catalog.slug,
+        "createSessionUrl": reverse("search-session-create"),
+        "sessionUrl": reverse("search-session", args=["SESSION"]),
+        "socketPath": "/ws/search/SESSION/",
+        "maxChars": settings.DAR_MAX_MESSAGE_CHARS,
+        "previewsPerTurn": settings.DAR_PREVIEWS_PER_TURN,
+        "askQuestions": settings.DAR_ASK_QUESTIONS,
+    }
+    return render(
+        request,
+        "retrieval/search.html",
+        {"catalog": catalog, "config": config, "stand_in": _stand_in()},
+    )

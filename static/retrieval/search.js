@@ -1,0 +1,500 @@
+/* Conversational search page: a websocket client for /ws/search/<session>/.
+ *
+ * The server is the source of truth: on every (re)connect it sends a "state" event built from the
+ * database, and the page re-renders from it, so a dropped connection loses nothing. Live events
+ * then update the chat, the progress steps, the refined description, the previews and the grid.
+ */
+(function () {
+  "use strict";
+
+  const config = JSON.parse(document.getElementById("search-config").textContent);
+  const storageKey = "dar.search." + config.catalog;
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    log: $("chat-log"),
+    form: $("composer"),
+    input: $("message"),
+    send: $("send"),
+    count: $("char-count"),
+    formError: $("composer-error"),
+    progress: $("progress"),
+    refined: $("refined"),
+    fallback: $("refined-fallback"),
+    prompts: $("prompts"),
+    previews: $("previews"),
+    results: $("results"),
+    resultsKind: $("results-kind"),
+    timings: $("timings"),
+    connection: $("connection"),
+    newSearch: $("new-search"),
+  };
+  const STEPS = ["text", "refine", "paint", "rank", "done"];
+
+  let sessionId = null;
+  let socket = null;
+  let retryDelay = 1000;
+  let retryTimer = null;
+  let outbox = []; // frames typed while the socket was down; sent on open
+  let currentTurn = -1;
+  let feedback = {}; // item id -> 1 | -1
+
+  // --- small DOM helpers ---------------------------------------------------------------------
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  }
+
+  function scrollChat() {
+    els.log.scrollTop = els.log.scrollHeight;
+  }
+
+  function setConnection(state, label) {
+    els.connection.dataset.state = state;
+    els.connection.querySelector(".connection-label").textContent = label;
+  }
+
+  function showFormError(message) {
+    els.formError.textContent = message || "";
+    els.formError.hidden = !message;
+  }
+
+  // --- session id: kept in the URL (shareable, survives reload) and in localStorage ------------
+
+  function validId(value) {
+    return /^[0-9a-f-]{36}$/i.test(value || "");
+  }
+
+  function loadSessionId() {
+    const fromUrl = new URLSearchParams(window.location.search).get("session");
+    if (validId(fromUrl)) return fromUrl;
+    const stored = window.localStorage.getItem(storageKey);
+    return validId(stored) ? stored : null;
+  }
+
+  function rememberSession(id) {
+    sessionId = id;
+    const url = new URL(window.location.href);
+    if (id) {
+      window.localStorage.setItem(storageKey, id);
+      url.searchParams.set("session", id);
+    } else {
+      window.localStorage.removeItem(storageKey);
+      url.searchParams.delete("session");
+    }
+    window.history.replaceState(null, "", url.toString());
+  }
+
+  function csrfToken() {
+    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  async function createSession() {
+    const response = await fetch(config.createSessionUrl, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body: JSON.stringify({ catalog: config.catalog }),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.message || "Could not start a search session.");
+    return body.id;
+  }
+
+  // --- websocket with reconnect and backoff ----------------------------------------------------
+
+  function connect() {
+    if (!sessionId) return;
+    clearTimeout(retryTimer);
+    const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    const url = scheme + window.location.host + config.socketPath.replace("SESSION", sessionId);
+    setConnection("connecting", "connecting…");
+    const ws = new WebSocket(url);
+    socket = ws;
+    ws.onopen = () => {
+      retryDelay = 1000;
+      setConnection("open", "live");
+      const pending = outbox;
+      outbox = [];
+      pending.forEach((frame) => ws.send(frame));
+    };
+    ws.onmessage = (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch (err) {
+        return;
+      }
+      handle(event);
+    };
+    ws.onclose = (closed) => {
+      if (socket !== ws) return; // replaced by a newer socket (new search)
+      socket = null;
+      if (closed.code === 4403 || closed.code === 4404) {
+        // Not ours (or gone): forget it and start fresh rather than retrying forever.
+        rememberSession(null);
+        setConnection("idle", "not connected");
+        addBubble("system", "That search session is not available; starting a new one.");
+        return;
+      }
+      setConnection("retry", "reconnecting in " + Math.round(retryDelay / 1000) + " s");
+      retryTimer = setTimeout(connect, retryDelay);
+      retryDelay = Math.min(retryDelay * 2, 15000);
+    };
+  }
+
+  function sendFrame(payload) {
+    const frame = JSON.stringify(payload);
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(frame);
+    else outbox.push(frame);
+  }
+
+  // --- events ----------------------------------------------------------------------------------
+
+  function handle(event) {
+    switch (event.type) {
+      case "state":
+        renderState(event.session);
+        break;
+      case "turn.accepted":
+        addUserBubble(event.turn, event.message);
+        startTurn(event.turn);
+        setStep("text", "active", event.turn);
+        break;
+      case "turn.started":
+        startTurn(event.turn);
+        setStep("text", "active", event.turn);
+        break;
+      case "results":
+        if (!isCurrent(event.turn)) break;
+        renderResults(event.items, event.final, event.turn);
+        if (event.final) {
+          setStep("rank", "done", event.turn);
+          if (config.askQuestions) setStep("done", "active", event.turn);
+        } else {
+          setStep("text", "done", event.turn);
+          setStep("refine", "active", event.turn);
+        }
+        break;
+      case "query.refined":
+        if (!isCurrent(event.turn)) break;
+        renderRefined(event.description, event.prompts, event.fallback);
+        setStep("refine", "done", event.turn);
+        setStep("paint", "active", event.turn);
+        break;
+      case "previews":
+        if (!isCurrent(event.turn)) break;
+        renderPreviews(event.images);
+        setStep("paint", "done", event.turn);
+        setStep("rank", "active", event.turn);
+        break;
+      case "question":
+        addBubble("assistant question", event.question, event.turn);
+        break;
+      case "turn.done":
+        if (!isCurrent(event.turn)) break;
+        setStep("done", "done", event.turn);
+        renderTimings(event.timings);
+        break;
+      case "feedback":
+        if (event.value) feedback[event.item] = event.value;
+        else delete feedback[event.item];
+        refreshFeedbackButtons();
+        break;
+      case "error":
+        handleError(event);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function isCurrent(turn) {
+    return turn === currentTurn || turn > currentTurn;
+  }
+
+  function startTurn(turn) {
+    if (turn < currentTurn) return;
+    if (turn > currentTurn) {
+      currentTurn = turn;
+      resetProgress();
+    }
+  }
+
+  function handleError(event) {
+    const text = event.message || "Something went wrong.";
+    if (event.turn === null || event.turn === undefined) {
+      showFormError(text);
+      return;
+    }
+    addBubble("system error", text, event.turn);
+    if (event.turn === currentTurn) {
+      const active = els.progress.querySelector("[data-state='active']");
+      if (active) active.dataset.state = "failed";
+      els.progress.dataset.stage = "failed";
+    }
+  }
+
+  // --- rendering ---------------------------------------------------------------------------
+
+  function renderState(session) {
+    feedback = {};
+    Object.keys(session.feedback || {}).forEach((id) => (feedback[id] = session.feedback[id]));
+    els.log.querySelectorAll(".bubble:not(.intro)").forEach((node) => node.remove());
+    currentTurn = -1;
+    resetProgress();
+    clearUnderstanding();
+    const turns = session.turns || [];
+    turns.forEach((turn) => {
+      addUserBubble(turn.index, turn.message);
+      if (turn.question) addBubble("assistant question", turn.question, turn.index);
+      if (turn.error) addBubble("system error", turn.error.message, turn.index);
+    });
+    if (!turns.length) return;
+    const last = turns[turns.length - 1];
+    currentTurn = last.index;
+    // Show the latest turn that produced anything, so a failed last turn keeps earlier results.
+    const shown = [...turns].reverse().find((t) => t.results.length || t.refined_query) || last;
+    if (shown.refined_query) renderRefined(shown.refined_query, shown.prompts, shown.fallback);
+    if (shown.previews.length) renderPreviews(shown.previews);
+    if (shown.results.length) renderResults(shown.results, shown.final, shown.index);
+    restoreProgress(last);
+    if (last.timings && last.status === "done") renderTimings(last.timings);
+  }
+
+  function restoreProgress(turn) {
+    if (turn.status === "done") {
+      STEPS.forEach((step) => setStep(step, "done", turn.index));
+      return;
+    }
+    if (turn.status === "failed") {
+      els.progress.dataset.stage = "failed";
+      return;
+    }
+    // Queued or running: mark what the stored output proves finished, the next step active.
+    const finished = [];
+    if (turn.results.length) finished.push("text");
+    if (turn.refined_query) finished.push("refine");
+    if (turn.previews.length || (turn.refined_query && !config.previewsPerTurn)) finished.push("paint");
+    if (turn.final) finished.push("rank");
+    finished.forEach((step) => setStep(step, "done", turn.index));
+    const next = STEPS.find((step) => !finished.includes(step));
+    if (next) setStep(next, "active", turn.index);
+  }
+
+  function addUserBubble(turn, message) {
+    if (els.log.querySelector(".bubble.user[data-turn='" + turn + "']")) return;
+    addBubble("user", message, turn);
+  }
+
+  function addBubble(kind, text, turn) {
+    const node = el("li", "bubble " + kind, text);
+    if (turn !== undefined && turn !== null) node.dataset.turn = turn;
+    els.log.appendChild(node);
+    scrollChat();
+    return node;
+  }
+
+  function resetProgress() {
+    els.progress.dataset.stage = "idle";
+    els.progress.querySelectorAll("li").forEach((li) => delete li.dataset.state);
+    els.timings.textContent = "";
+  }
+
+  function setStep(step, state, turn) {
+    if (turn !== undefined && turn < currentTurn) return;
+    const li = els.progress.querySelector("[data-step='" + step + "']");
+    if (!li) return;
+    // Steps only move forward: an earlier step finishing implies nothing about later ones.
+    if (li.dataset.state === "done" && state === "active") return;
+    li.dataset.state = state;
+    // The last step is active while the LLM thinks of a question: the stage says "asking" then,
+    // and "done" only once the turn is really over.
+    if (state === "active") els.progress.dataset.stage = step === "done" ? "asking" : step;
+    if (step === "done" && state === "done") els.progress.dataset.stage = "done";
+  }
+
+  function clearUnderstanding() {
+    els.refined.textContent = "Nothing yet.";
+    els.refined.classList.add("muted");
+    els.fallback.hidden = true;
+    els.prompts.replaceChildren();
+    els.previews.replaceChildren(el("div", "preview placeholder", "no preview yet"));
+    els.results.replaceChildren(
+      el("p", "empty", "Results appear here as soon as you send a description.")
+    );
+    els.results.dataset.final = "false";
+    els.results.dataset.turn = "";
+    els.resultsKind.hidden = true;
+  }
+
+  function renderRefined(description, prompts, fallback) {
+    els.refined.textContent = description || "";
+    els.refined.classList.toggle("muted", !description);
+    els.fallback.hidden = !fallback;
+    els.prompts.replaceChildren(
+      ...(prompts || []).map((p) => el("li", null, p))
+    );
+  }
+
+  function renderPreviews(images) {
+    if (!images || !images.length) {
+      els.previews.replaceChildren(el("div", "preview placeholder", "no preview this turn"));
+      return;
+    }
+    els.previews.replaceChildren(
+      ...images.map((image) => {
+        const img = el("img", "preview");
+        img.src = image.url;
+        img.alt = "Generated preview: " + (image.prompt || "");
+        img.title = image.prompt || "";
+        return img;
+      })
+    );
+  }
+
+  function renderResults(items, final, turn) {
+    els.results.dataset.final = final ? "true" : "false";
+    els.results.dataset.turn = String(turn);
+    els.resultsKind.hidden = false;
+    els.resultsKind.textContent = final ? "final" : "from your words, refining…";
+    els.resultsKind.classList.toggle("provisional", !final);
+    if (!items.length) {
+      els.results.replaceChildren(el("p", "empty", "No indexed items match yet."));
+      return;
+    }
+    els.results.replaceChildren(...items.map(resultCard));
+    refreshFeedbackButtons();
+  }
+
+  function resultCard(item) {
+    const card = el("article", "result-card");
+    card.dataset.itemId = item.id;
+    const figure = el("div", "result-image");
+    const img = el("img");
+    img.src = item.image;
+    img.alt = item.title;
+    img.loading = "lazy";
+    figure.appendChild(img);
+    figure.appendChild(el("span", "rank", "#" + item.rank));
+    const body = el("div", "result-body");
+    body.appendChild(el("h3", "result-title", item.title));
+    const meta = el("div", "result-meta");
+    meta.appendChild(el("span", "score small muted", "score " + Number(item.score).toFixed(3)));
+    const actions = el("div", "feedback");
+    actions.appendChild(feedbackButton(item.id, 1, "♥", "Like: more like this"));
+    actions.appendChild(feedbackButton(item.id, -1, "✕", "Dislike: less like this"));
+    meta.appendChild(actions);
+    body.appendChild(meta);
+    card.appendChild(figure);
+    card.appendChild(body);
+    return card;
+  }
+
+  function feedbackButton(itemId, value, label, title) {
+    const button = el("button", "feedback-button", label);
+    button.type = "button";
+    button.title = title;
+    button.dataset.value = value;
+    button.setAttribute("aria-pressed", feedback[itemId] === value ? "true" : "false");
+    button.addEventListener("click", () => {
+      // Clicking the active opinion again takes it back.
+      sendFrame({ type: "feedback", item: itemId, value: feedback[itemId] === value ? 0 : value });
+    });
+    return button;
+  }
+
+  function refreshFeedbackButtons() {
+    els.results.querySelectorAll(".result-card").forEach((card) => {
+      const value = feedback[card.dataset.itemId];
+      card.dataset.feedback = value === 1 ? "like" : value === -1 ? "dislike" : "";
+      card.querySelectorAll(".feedback-button").forEach((button) => {
+        button.setAttribute("aria-pressed", Number(button.dataset.value) === value ? "true" : "false");
+      });
+    });
+  }
+
+  function renderTimings(timings) {
+    if (!timings) return;
+    const parts = ["text", "refine", "generate", "rank", "ask"]
+      .filter((k) => timings[k] !== undefined)
+      .map((k) => k + " " + formatMs(timings[k]));
+    els.timings.textContent =
+      (timings.total !== undefined ? "took " + formatMs(timings.total) + " · " : "") + parts.join(" · ");
+  }
+
+  function formatMs(ms) {
+    return ms >= 1000 ? (ms / 1000).toFixed(1) + " s" : Math.round(ms) + " ms";
+  }
+
+  // --- composing -----------------------------------------------------------------------------
+
+  async function submit(event) {
+    event.preventDefault();
+    const text = els.input.value.trim();
+    if (!text) {
+      showFormError("Describe what you are looking for.");
+      return;
+    }
+    if (text.length > config.maxChars) {
+      showFormError("That message is too long (at most " + config.maxChars + " characters).");
+      return;
+    }
+    showFormError("");
+    els.send.disabled = true;
+    try {
+      if (!sessionId) {
+        rememberSession(await createSession());
+        connect();
+      }
+      sendFrame({ type: "message", text: text });
+      els.input.value = "";
+      updateCount();
+    } catch (err) {
+      showFormError(err.message);
+    } finally {
+      els.send.disabled = false;
+      els.input.focus();
+    }
+  }
+
+  function updateCount() {
+    els.count.textContent = els.input.value.length + " / " + config.maxChars;
+  }
+
+  function newSearch() {
+    const old = socket;
+    socket = null;
+    if (old) old.close();
+    clearTimeout(retryTimer);
+    outbox = [];
+    rememberSession(null);
+    feedback = {};
+    currentTurn = -1;
+    els.log.querySelectorAll(".bubble:not(.intro)").forEach((node) => node.remove());
+    resetProgress();
+    clearUnderstanding();
+    setConnection("idle", "not connected");
+    els.input.focus();
+  }
+
+  els.form.addEventListener("submit", submit);
+  els.input.addEventListener("input", updateCount);
+  els.input.addEventListener("keydown", (event) => {
+    // Enter sends, Shift+Enter starts a new line.
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      els.form.requestSubmit();
+    }
+  });
+  els.newSearch.addEventListener("click", newSearch);
+
+  sessionId = loadSessionId();
+  if (sessionId) {
+    rememberSession(sessionId);
+    connect();
+  }
+})();

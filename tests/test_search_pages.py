@@ -1,0 +1,50 @@
+"""The shopper pages rendered by Django: catalog list and search page (no browser needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import Client
+
+from tests.factories import CatalogFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_catalog_list_shows_public_catalogs_only() -> None:
+    public = CatalogFactory(name="Summer shoes")
+    private = CatalogFactory(name="Secret stock", is_public=False)
+    page = Client().get("/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert public.name in html and f"/search/{public.slug}/" in html
+    assert private.name not in html
+
+    admin = UserFactory(is_staff=False)
+    private.shop.admins.add(admin)
+    client = Client()
+    client.force_login(admin)
+    assert private.name in client.get("/").content.decode()
+
+
+def test_search_page_carries_its_config_csrf_cookie_and_stand_in_notice() -> None:
+    catalog = CatalogFactory()
+    client = Client()
+    page = client.get(f"/search/{catalog.slug}/")
+    assert page.status_code == 200
+    assert "csrftoken" in page.cookies and client.session.session_key
+    html = page.content.decode()
+    start = html.index('<script id="search-config" type="application/json">')
+    config = json.loads(html[start:].split(">", 1)[1].split("</script>", 1)[0])
+    assert config["catalog"] == catalog.slug
+    assert config["socketPath"] == "/ws/search/SESSION/"
+    # The test suite runs the offline profile: the page must say results come from stand-ins.
+    assert 'id="stand-in-notice"' in html
+    assert "retrieval/search.js" in html and "retrieval/search.css" in html
+
+
+def test_private_or_unknown_catalog_page_is_404() -> None:
+    private = CatalogFactory(is_public=False)
+    assert Client().get(f"/search/{private.slug}/").status_code == 404
+    assert Client().get("/search/no-such-catalog/").status_code == 404

@@ -1,0 +1,309 @@
+"""The turn pipeline: stages, stored records, DAR fusion, feedback, ordering, failures, sweeper."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from celery import current_app
+from django.utils import timezone
+from PIL import Image
+
+from catalog.models import CatalogItem, ItemEmbedding
+from catalog.services import vectors
+from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
+from retrieval.services import feedback, pipeline, ranking, turns
+from tests.factories import (
+    CatalogItemFactory,
+    EventRecorder,
+    PreviewFactory,
+    SearchSessionFactory,
+    TurnFactory,
+    TurnResultFactory,
+    embedded_catalog,
+    limit_llm_tokens,
+)
+from workers.tasks.search import sweep_stuck_turns
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def models(offline_models: Any, monkeypatch: Any, settings: Any) -> None:
+    limit_llm_tokens(monkeypatch)
+    # A loaded 2-core CI machine can be slow; the limit itself is tested with its own value.
+    settings.DAR_TURN_TIME_LIMIT = 900
+    settings.DAR_ASK_QUESTIONS = False
+
+
+def _encoder() -> Any:
+    from workers.models.registry import get_encoder
+
+    return get_encoder()
+
+
+def _new_turn(session: SearchSession, text: str) -> Turn:
+    """Store a turn as ``submit_message`` does, without enqueuing it (the test runs it)."""
+    previous = list(session.turns.order_by("index").values_list("message", flat=True))
+    return Turn.objects.create(
+        session=session, index=len(previous), message=text, context=[*previous, text]
+    )
+
+
+def _explicit_ranking(
+    session: SearchSession,
+    query_terms: list[tuple[float, np.ndarray]],
+    exclude: set[int],
+    product_text: tuple[float, str, np.ndarray] | None = None,
+) -> list[tuple[int, float]]:
+    """Score-level fusion in numpy over every stored item vector of the catalog: one
+    similarity per query term (text, each preview, liked and disliked items), weighted and
+    summed, plus the weighted product-text similarity (0 for items without product text)."""
+    encoder = _encoder()
+    ids = list(CatalogItem.objects.filter(catalog=session.catalog).values_list("pk", flat=True))
+    stored = vectors.vectors_for(
+        space=ItemEmbedding.Space.IMAGE, model_name=encoder.name, item_ids=ids
+    )
+    scores = {
+        item: sum(weight * float(vec @ term) for weight, term in query_terms)
+        for item, vec in stored.items()
+        if item not in exclude
+    }
+    if product_text is not None:
+        weight, model_name, query = product_text
+        texts = vectors.vectors_for(
+            space=ItemEmbedding.Space.TEXT, model_name=model_name, item_ids=ids
+        )
+        for item in scores:
+            scores[item] += weight * float(texts[item] @ query) if item in texts else 0.0
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _assert_ranking(turn: Turn, final: bool, expected: list[tuple[int, float]]) -> None:
+    results = list(turn.results.filter(final=final).order_by("rank"))
+    assert [r.rank for r in results] == list(range(1, len(results) + 1))
+    assert [r.item_id for r in results] == [item for item, _ in expected[: len(results)]]
+    for result, (_, score) in zip(results, expected, strict=False):
+        assert result.score == pytest.approx(score, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_turns_store_every_stage_and_rank_by_dar_fusion(models: None, settings: Any) -> None:
+    settings.DAR_ASK_QUESTIONS = True
+    catalog = embedded_catalog(10)
+    session = SearchSessionFactory(catalog=catalog)
+    encoder = _encoder()
+
+    turn = _new_turn(session, "a small red ceramic mug")
+    with EventRecorder(session.pk) as events:
+        pipeline.run_turn(turn.pk)
+        events.wait_for(lambda evs: any(e["type"] == "turn.done" for e in evs))
+    turn.refresh_from_db()
+    assert turn.status == Turn.Status.DONE and turn.attempts == 1
+    assert turn.context == ["a small red ceramic mug"] and turn.encoder_name == encoder.name
+    assert turn.refined_query and len(turn.prompts) == settings.DAR_PREVIEWS_PER_TURN
+    assert {"text", "refine", "generate", "rank", "ask", "total"} <= set(turn.timings)
+    assert turn.weights == ranking.paper_weights(0).as_dict()
+    kinds = [e["type"] for e in events.events]
+    assert kinds[0] == "turn.started" and kinds[-1] == "turn.done"
+    assert kinds.index("results") < kinds.index("query.refined") < kinds.index("previews")
+    assert [e["final"] for e in events.of("results")] == [False, True]
+    if turn.question:
+        assert events.of("question")[0]["question"] == turn.question
+
+    # Previews: files on disk, seeds fixed per session and turn, prompts stored.
+    previews = list(turn.previews.order_by("index"))
+    base_seed = pipeline.turn_seed(session.pk, turn.index)
+    assert [p.seed for p in previews] == [base_seed + j for j in range(len(previews))]
+    assert all(Path(p.image.path).is_file() for p in previews)
+    assert events.of("previews")[0]["images"][0]["url"] == previews[0].image.url
+
+    # Provisional results: the dialogue text alone. Final: DAR fusion of the refined text and
+    # the previews, recomputed here from what the database stored.
+    text_vec = encoder.encode_texts([turn.refined_query])[0]
+    dialogue_vec = encoder.encode_texts(["a small red ceramic mug"])[0]
+    gen_vecs = encoder.encode_images([Image.open(p.image.path) for p in previews])
+    weights = ranking.paper_weights(0)
+    _assert_ranking(turn, False, _explicit_ranking(session, [(1.0, dialogue_vec)], set()))
+    fused_terms = [(weights.text, text_vec)] + [
+        (weights.generated / len(gen_vecs), g) for g in gen_vecs
+    ]
+    _assert_ranking(turn, True, _explicit_ranking(session, fused_terms, set()))
+
+    # Feedback on turn 0's results steers turn 1 (Rocchio) and hides the disliked item; the
+    # product-text term joins in too.
+    final = list(turn.results.filter(final=True).order_by("rank"))
+    disliked, liked = final[0].item_id, final[-1].item_id
+    feedback.record_feedback(session, disliked, -1)
+    feedback.record_feedback(session, liked, 1)
+    settings.DAR_ASK_QUESTIONS = False
+    settings.DAR_WEIGHT_PRODUCT_TEXT = 0.4
+    second = _new_turn(session, "with a white handle")
+    pipeline.run_turn(second.pk)
+    second.refresh_from_db()
+    assert second.status == Turn.Status.DONE, second.error
+    assert second.context == ["a small red ceramic mug", "with a white handle"]
+    assert not second.question and "ask" not in second.timings
+    assert disliked not in set(second.results.values_list("item_id", flat=True))
+    stored = vectors.vectors_for(
+        space=ItemEmbedding.Space.IMAGE, model_name=encoder.name, item_ids=[liked, disliked]
+    )
+    rocchio = [
+        (settings.DAR_FEEDBACK_LIKE, stored[liked]),
+        (-settings.DAR_FEEDBACK_DISLIKE, stored[disliked]),
+    ]
+    w1 = ranking.paper_weights(1)
+    previews1 = list(second.previews.order_by("index"))
+    gen1 = encoder.encode_images([Image.open(p.image.path) for p in previews1])
+    terms = [(w1.text, encoder.encode_texts([second.refined_query])[0])]
+    terms += [(w1.generated / len(gen1), g) for g in gen1] + rocchio
+    from workers.models.registry import get_text_embedder
+
+    embedder = get_text_embedder()
+    product = (0.4, embedder.name, embedder.encode([second.refined_query])[0])
+    assert second.weights["product_text"] == pytest.approx(0.4)
+    _assert_ranking(second, True, _explicit_ranking(session, terms, {disliked}, product))
+    # The provisional ranking of turn 1: the dialogue text, feedback and product text.
+    dialogue1 = "a small red ceramic mug, with a white handle"
+    provisional = [(1.0, encoder.encode_texts([dialogue1])[0]), *rocchio]
+    product1 = (0.4, embedder.name, embedder.encode([dialogue1])[0])
+    _assert_ranking(second, False, _explicit_ranking(session, provisional, {disliked}, product1))
+    assert previews1[0].seed != previews[0].seed
+
+    # A redelivered task for a finished turn does nothing.
+    before = list(second.results.values_list("pk", flat=True))
+    pipeline.run_turn(second.pk)
+    second.refresh_from_db()
+    assert second.attempts == 1 and list(second.results.values_list("pk", flat=True)) == before
+
+
+@pytest.mark.slow
+def test_redelivered_running_turn_restarts_cleanly(
+    models: None, settings: Any, celery_worker: Any
+) -> None:
+    settings.DAR_PREVIEWS_PER_TURN = 2
+    catalog = embedded_catalog(6)
+    session = SearchSessionFactory(catalog=catalog)
+    # What a worker that died mid-turn leaves behind: RUNNING, a preview file, some results.
+    turn = _new_turn(session, "a green wool scarf")
+    Turn.objects.filter(pk=turn.pk).update(
+        status=Turn.Status.RUNNING, attempts=1, started_at=timezone.now(), refined_query="stale"
+    )
+    stale_preview = PreviewFactory(turn=turn, index=0)
+    stale_file = Path(stale_preview.image.path)
+    TurnResultFactory(turn=turn, final=False, rank=1)
+    assert stale_file.is_file()
+
+    with EventRecorder(session.pk) as events:
+        current_app.send_task(turns.RUN_TURN_TASK, args=[turn.pk])  # the redelivered message
+        events.wait_for(lambda evs: any(e["type"] in ("turn.done", "error") for e in evs))
+    turn.refresh_from_db()
+    assert turn.status == Turn.Status.DONE and turn.attempts == 2, turn.error
+    assert turn.refined_query != "stale"
+    assert not stale_file.exists()
+    previews = list(turn.previews.order_by("index"))
+    assert [p.index for p in previews] == [0, 1] and stale_preview.pk not in {
+        p.pk for p in previews
+    }
+    assert [p.seed for p in previews] == [pipeline.turn_seed(session.pk, 0) + j for j in (0, 1)]
+    item_ids = set(CatalogItem.objects.filter(catalog=catalog).values_list("pk", flat=True))
+    assert set(turn.results.values_list("item_id", flat=True)) <= item_ids
+    assert turn.results.filter(final=True).count() == 6
+
+
+def test_a_turn_that_keeps_killing_its_worker_fails(redis_client: Any) -> None:
+    turn = TurnFactory(index=0, status=Turn.Status.RUNNING, attempts=3, started_at=timezone.now())
+    with EventRecorder(turn.session_id) as events:
+        pipeline.run_turn(turn.pk)
+        (error,) = events.wait_for(lambda evs: bool(evs))
+    turn.refresh_from_db()
+    assert (turn.status, turn.error_code) == (Turn.Status.FAILED, "worker_lost")
+    assert (error["type"], error["code"], error["turn"]) == ("error", "worker_lost", 0)
+
+
+def test_turns_wait_for_their_predecessor() -> None:
+    session = SearchSessionFactory()
+    TurnFactory(session=session, index=0, status=Turn.Status.RUNNING, started_at=timezone.now())
+    waiting = TurnFactory(session=session, index=1)
+    with pytest.raises(pipeline.TurnNotReady):
+        pipeline.run_turn(waiting.pk)
+    waiting.refresh_from_db()
+    assert waiting.status == Turn.Status.QUEUED and waiting.attempts == 0
+
+
+def test_turn_over_its_time_limit_fails_with_timeout(models: None, settings: Any) -> None:
+    catalog = embedded_catalog(3)
+    session = SearchSessionFactory(catalog=catalog)
+    turn = _new_turn(session, "a yellow raincoat")
+    settings.DAR_TURN_TIME_LIMIT = 0  # over the limit as soon as the first stage ends
+    with EventRecorder(session.pk) as events:
+        pipeline.run_turn(turn.pk)
+        events.wait_for(lambda evs: any(e["type"] == "error" for e in evs))
+    turn.refresh_from_db()
+    assert (turn.status, turn.error_code) == (Turn.Status.FAILED, "timeout")
+    assert turn.finished_at is not None and "total" in turn.timings
+    assert events.of("error")[0]["code"] == "timeout"
+    assert not events.of("turn.done")
+
+
+def test_a_superseded_attempt_writes_nothing(models: None) -> None:
+    catalog = embedded_catalog(3)
+    session = SearchSessionFactory(catalog=catalog)
+    turn = _new_turn(session, "a leather belt")
+    claimed = pipeline._claim(turn.pk)
+    assert claimed is not None
+    # Meanwhile the sweeper gave up on it: the attempt must not resurrect it.
+    turns.fail_turn(claimed, "timeout", "too slow")
+    pipeline._TurnRun(claimed).run()
+    turn.refresh_from_db()
+    assert (turn.status, turn.error_code) == (Turn.Status.FAILED, "timeout")
+    assert not TurnResult.objects.filter(turn=turn).exists()
+    assert not Preview.objects.filter(turn=turn).exists()
+
+
+def test_sweeper_fails_turns_stuck_past_the_limit(settings: Any) -> None:
+    settings.DAR_TURN_TIME_LIMIT = 60
+    long_ago = timezone.now() - timedelta(seconds=60 + turns.SWEEP_GRACE + 5)
+    stuck = SearchSessionFactory()
+    running = TurnFactory(session=stuck, index=0, status=Turn.Status.RUNNING, started_at=long_ago)
+    # Queued behind the stuck turn: its clock starts when the predecessor finishes.
+    behind = TurnFactory(session=stuck, index=1)
+    Turn.objects.filter(pk=behind.pk).update(created_at=long_ago)
+
+    lost = SearchSessionFactory()
+    done = TurnFactory(session=lost, index=0, status=Turn.Status.DONE, finished_at=long_ago)
+    orphan = TurnFactory(session=lost, index=1)  # its task message was lost
+    Turn.objects.filter(pk=orphan.pk).update(created_at=long_ago)
+
+    fresh = TurnFactory(index=0, status=Turn.Status.RUNNING, started_at=timezone.now())
+
+    with EventRecorder(stuck.pk) as stuck_events, EventRecorder(lost.pk) as lost_events:
+        assert sweep_stuck_turns() == 2  # the periodic Celery task
+        stuck_events.wait_for(lambda evs: bool(evs))
+        lost_events.wait_for(lambda evs: bool(evs))
+    for turn in (running, behind, orphan, done, fresh):
+        turn.refresh_from_db()
+    assert (running.status, running.error_code) == (Turn.Status.FAILED, "timeout")
+    assert (orphan.status, orphan.error_code) == (Turn.Status.FAILED, "timeout")
+    assert behind.status == Turn.Status.QUEUED
+    assert done.status == Turn.Status.DONE and fresh.status == Turn.Status.RUNNING
+    assert [(e["type"], e["code"], e["turn"]) for e in stuck_events.events] == [
+        ("error", "timeout", 0)
+    ]
+    assert [(e["code"], e["turn"]) for e in lost_events.events] == [("timeout", 1)]
+    # A redelivered task for a swept turn is a no-op.
+    pipeline.run_turn(running.pk)
+    running.refresh_from_db()
+    assert running.status == Turn.Status.FAILED and running.attempts == 0
+
+
+def test_feedback_is_validated_and_latest_opinion_wins() -> None:
+    session = SearchSessionFactory()
+    item = CatalogItemFactory(catalog=session.catalog)
+    feedback.record_feedback(session, item.pk, 1)
+    feedback.record_feedback(session, str(item.pk), -1)
+    assert list(Feedback.objects.filter(session=session).values_list("value", flat=True)) == [-1]
+    assert feedback.feedback_items(session.pk) == ([], [item.pk])
