@@ -92,7 +92,6 @@ class TurnFactory(factory.django.DjangoModelFactory[Turn]):
 # --- analysts (previews, results, feedback of turns) ---------------------------------------
 
 
-
 class PreviewFactory(factory.django.DjangoModelFactory[Preview]):
     class Meta:
         model = Preview
@@ -151,7 +150,7 @@ def embedded_catalog(n_items: int = 12, **catalog_fields: Any) -> Catalog:
     """A catalog whose items are embedded by the real embedding service with the active models."""
     from catalog.services.embedding import embed_items
 
-    catalog = CatalogFactory(**catalog_fields)
+    catalog = CatalogFactory.create(**catalog_fields)
     items = CatalogItemFactory.create_batch(n_items, catalog=catalog)
     result = embed_items([item.pk for item in items])
     assert len(result.embedded) == n_items, result.as_dict()
@@ -249,16 +248,16 @@ def image_bytes(
 
 def shop_admin(shop: Shop | None = None, **user_fields: Any) -> Any:
     """A staff user who administers ``shop`` (a new shop if None)."""
-    user = UserFactory(**user_fields)
-    (shop or ShopFactory()).admins.add(user)
+    user = UserFactory.create(**user_fields)
+    (shop or ShopFactory.create()).admins.add(user)
     return user
 
 
 def limit_llm_tokens(monkeypatch: Any, tokens: int = 10) -> None:
     """Short LLM answers for tests: SmolLM2 on a CI CPU decodes a few tokens per second.
 
-    The refiner's token budgets are module constants (no setting yet), read at call time, so
-    patching them reaches the in-process Celery worker too.
+    The refiner's token budgets are module constants (from DAR_LLM_*_TOKENS at import), read at
+    call time, so patching them reaches the in-process Celery worker too.
     """
     from workers.models import refiner
 

@@ -1,3 +1,6 @@
+# Django test responses are loosely typed (context_data may be None, streaming_content is
+# added at run time), which these admin tests read throughout.
+# mypy: disable-error-code="index,attr-defined,union-attr"
 """Analysts' review in the admin: read-only access, shop scoping, filters, exports, dashboard."""
 
 from __future__ import annotations
@@ -61,13 +64,13 @@ def _client(user: Any) -> Client:
 
 
 def _analyst() -> Any:
-    user = UserFactory(is_staff=True)
+    user = UserFactory.create(is_staff=True)
     user.groups.add(Group.objects.get(name=scope.ANALYSTS_GROUP))
     return user
 
 
 def _shop_admin(*shops: Any) -> Any:
-    user = UserFactory(is_staff=True)
+    user = UserFactory.create(is_staff=True)
     views = Permission.objects.filter(
         content_type__app_label="retrieval", codename__startswith="view_"
     ).exclude(codename="view_all_sessions")
@@ -78,9 +81,9 @@ def _shop_admin(*shops: Any) -> Any:
 
 
 def _session_with_turns(n_turns: int, **kwargs: Any) -> SearchSession:
-    session = SearchSessionFactory(**kwargs)
+    session = SearchSessionFactory.create(**kwargs)
     for index in range(n_turns):
-        TurnFactory(session=session, index=index, message=f"turn {index} of {session.pk}")
+        TurnFactory.create(session=session, index=index, message=f"turn {index} of {session.pk}")
     return session
 
 
@@ -123,7 +126,7 @@ def test_analyst_can_view_but_not_change_or_delete() -> None:
 
 
 def test_shop_admin_sees_only_their_shops_sessions_superuser_sees_all() -> None:
-    mine, theirs = CatalogFactory(), CatalogFactory()
+    mine, theirs = CatalogFactory.create(), CatalogFactory.create()
     own = [_session_with_turns(1, catalog=mine) for _ in range(2)]
     other = _session_with_turns(1, catalog=theirs)
     admin_user = _shop_admin(mine.shop)
@@ -143,18 +146,18 @@ def test_shop_admin_sees_only_their_shops_sessions_superuser_sees_all() -> None:
     # The catalog filter offers only catalogs the viewer may see.
     assert theirs.name not in client.get(reverse(CHANGELIST)).content.decode()
 
-    superuser = UserFactory(is_staff=True, is_superuser=True)
+    superuser = UserFactory.create(is_staff=True, is_superuser=True)
     everything = {s.pk for s in [*own, other]}
     assert _listed(_client(superuser).get(reverse(CHANGELIST))) == everything
     assert _listed(_client(_analyst()).get(reverse(CHANGELIST))) == everything
 
 
 def test_session_list_filters_by_turn_count_outcome_and_catalog() -> None:
-    catalog, other_catalog = CatalogFactory(), CatalogFactory()
+    catalog, other_catalog = CatalogFactory.create(), CatalogFactory.create()
     by_turns = {n: _session_with_turns(n, catalog=catalog) for n in (0, 1, 3, 12)}
     liked = by_turns[3]
-    FeedbackFactory(turn=liked.turns.get(index=0), value=1)
-    FeedbackFactory(turn=by_turns[12].turns.get(index=0), value=-1)
+    FeedbackFactory.create(turn=liked.turns.get(index=0), value=1)
+    FeedbackFactory.create(turn=by_turns[12].turns.get(index=0), value=-1)
     elsewhere = _session_with_turns(5, catalog=other_catalog)
     client = _client(_analyst())
     url = reverse(CHANGELIST)
@@ -184,8 +187,8 @@ def test_session_list_filters_by_turn_count_outcome_and_catalog() -> None:
 
 
 def test_session_page_shows_each_turn_in_full() -> None:
-    session = SearchSessionFactory()
-    turn = TurnFactory(
+    session = SearchSessionFactory.create()
+    turn = TurnFactory.create(
         session=session,
         index=0,
         message="a teal ceramic vase",
@@ -193,10 +196,10 @@ def test_session_page_shows_each_turn_in_full() -> None:
         question="Do you want handles?",
         timings={"refine": 812.5, "generate": 2045.0},
     )
-    preview = PreviewFactory(turn=turn, index=0)
-    results = [TurnResultFactory(turn=turn, rank=r, score=0.9 - r / 10) for r in range(3)]
-    TurnResultFactory(turn=turn, rank=0, final=False, score=0.11)  # provisional: not shown
-    FeedbackFactory(turn=turn, item=results[1].item, value=1)
+    preview = PreviewFactory.create(turn=turn, index=0)
+    results = [TurnResultFactory.create(turn=turn, rank=r, score=0.9 - r / 10) for r in range(3)]
+    TurnResultFactory.create(turn=turn, rank=0, final=False, score=0.11)  # provisional: not shown
+    FeedbackFactory.create(turn=turn, item=results[1].item, value=1)
 
     page = _client(_analyst()).get(
         reverse("admin:retrieval_searchsession_change", args=[session.pk])
@@ -218,8 +221,8 @@ def test_exports_stream_sessions_and_turns_as_csv_and_json() -> None:
     first_turn.message = "=HYPERLINK('http://evil')"
     first_turn.timings = {"rank": 12.0}
     first_turn.save()
-    TurnResultFactory(turn=first_turn, rank=0, score=0.75)
-    FeedbackFactory(turn=first_turn, value=1)
+    TurnResultFactory.create(turn=first_turn, rank=0, score=0.75)
+    FeedbackFactory.create(turn=first_turn, value=1)
     _session_with_turns(3)  # not selected
     client = _client(_analyst())
     selected = [str(s.pk) for s in sessions]
@@ -263,7 +266,7 @@ def test_exports_stream_sessions_and_turns_as_csv_and_json() -> None:
 
 
 def _dashboard_data() -> tuple[Any, list[float]]:
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     now = timezone.now()
     refine_ms = [100.0, 250.0, 400.0, 1000.0]
     for day, ms in enumerate(refine_ms):
@@ -275,7 +278,7 @@ def _dashboard_data() -> tuple[Any, list[float]]:
             created_at=now - dt.timedelta(days=1),
         )
         if day % 2 == 0:
-            FeedbackFactory(turn=session.turns.first(), value=1 if day == 0 else -1)
+            FeedbackFactory.create(turn=session.turns.first(), value=1 if day == 0 else -1)
     return catalog, refine_ms
 
 
@@ -315,15 +318,16 @@ def test_dashboard_page_draws_png_charts_for_staff_only() -> None:
     assert not re.findall(r'(?:src|href)="(?:https?:)?//', html)
 
     # A shop admin's dashboard counts only their own shop's sessions.
-    own = CatalogFactory()
+    own = CatalogFactory.create()
     _session_with_turns(3, catalog=own)
     scoped = _client(_shop_admin(own.shop)).get(url)
     assert scoped.context_data["figures"].sessions == 1
     assert (
-        _client(_shop_admin(own.shop)).get(url, {"catalog": CatalogFactory().pk}).status_code == 403
+        _client(_shop_admin(own.shop)).get(url, {"catalog": CatalogFactory.create().pk}).status_code
+        == 403
     )
 
-    shopper = UserFactory(is_staff=False)
+    shopper = UserFactory.create(is_staff=False)
     assert _client(shopper).get(url).status_code == 302  # to the admin login
-    no_perms = UserFactory(is_staff=True)
+    no_perms = UserFactory.create(is_staff=True)
     assert _client(no_perms).get(url).status_code == 403

@@ -28,16 +28,16 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def world() -> dict[str, Any]:
-    shop, other_shop = ShopFactory(name="Mine"), ShopFactory(name="Theirs")
-    catalog = CatalogFactory(shop=shop, name="My catalog")
-    theirs = CatalogFactory(shop=other_shop, name="Their catalog")
+    shop, other_shop = ShopFactory.create(name="Mine"), ShopFactory.create(name="Theirs")
+    catalog = CatalogFactory.create(shop=shop, name="My catalog")
+    theirs = CatalogFactory.create(shop=other_shop, name="Their catalog")
     return {
         "owner": shop_admin(shop),
         "stranger": shop_admin(other_shop),
         "catalog": catalog,
         "theirs": theirs,
-        "mine_item": CatalogItemFactory(catalog=catalog, title="my item"),
-        "their_item": CatalogItemFactory(catalog=theirs, title="their item"),
+        "mine_item": CatalogItemFactory.create(catalog=catalog, title="my item"),
+        "their_item": CatalogItemFactory.create(catalog=theirs, title="their item"),
     }
 
 
@@ -82,14 +82,14 @@ def test_other_shops_objects_are_out_of_reach(world: dict[str, Any]) -> None:
 def test_anonymous_and_non_admin_users_are_kept_out(world: dict[str, Any]) -> None:
     url = reverse("admin:catalog_catalog_upload", args=[world["catalog"].pk])
     assert Client().get(url).status_code == 302  # to the login page
-    nobody = UserFactory()  # staff, but administers no shop
+    nobody = UserFactory.create()  # staff, but administers no shop
     client = logged_in(nobody)
     assert client.get(reverse("admin:catalog_catalog_changelist")).status_code == 403
     assert client.get(url).status_code == 404
 
 
 def test_superuser_sees_everything(world: dict[str, Any]) -> None:
-    root = UserFactory(is_superuser=True)
+    root = UserFactory.create(is_superuser=True)
     page = logged_in(root).get(reverse("admin:catalog_catalog_changelist")).content.decode()
     assert "My catalog" in page and "Their catalog" in page
 
@@ -134,7 +134,10 @@ def test_changelist_counts_follow_the_active_encoder(
 ) -> None:
     catalog = world["catalog"]
     monkeypatch.setattr("catalog.services.encoder.configured_encoder_name", lambda: "enc-2")
-    new, old = CatalogItemFactory(catalog=catalog), CatalogItemFactory(catalog=catalog)
+    new, old = (
+        CatalogItemFactory.create(catalog=catalog),
+        CatalogItemFactory.create(catalog=catalog),
+    )
     CatalogItem.objects.filter(pk__in=[new.pk, old.pk]).update(status="embedded")
     vectors.store("image", "enc-2", [(new.pk, catalog.pk, np.ones(4) / 2)])
     vectors.store("image", "enc-1", [(old.pk, catalog.pk, np.ones(4) / 2)])

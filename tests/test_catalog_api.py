@@ -23,10 +23,10 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def world() -> dict[str, Any]:
-    shop, other_shop = ShopFactory(), ShopFactory()
+    shop, other_shop = ShopFactory.create(), ShopFactory.create()
     owner, stranger = shop_admin(shop), shop_admin(other_shop)
-    catalog = CatalogFactory(shop=shop, slug="owned")
-    theirs = CatalogFactory(shop=other_shop, slug="theirs")
+    catalog = CatalogFactory.create(shop=shop, slug="owned")
+    theirs = CatalogFactory.create(shop=other_shop, slug="theirs")
     return {
         "shop": shop,
         "other_shop": other_shop,
@@ -144,7 +144,7 @@ def test_upload_validation_errors(world: dict[str, Any]) -> None:
 
 
 def test_another_shops_admin_cannot_touch_the_catalog(world: dict[str, Any]) -> None:
-    item = CatalogItemFactory(catalog=world["catalog"])
+    item = CatalogItemFactory.create(catalog=world["catalog"])
     stranger = client_for(world["stranger"])
     base = "/api/catalogs/owned"
     assert stranger.get(f"{base}/items/").status_code == 404
@@ -165,9 +165,9 @@ def test_list_filter_and_delete_items(
     world: dict[str, Any], django_capture_on_commit_callbacks: Any
 ) -> None:
     catalog = world["catalog"]
-    pending = CatalogItemFactory(catalog=catalog)
-    done = CatalogItemFactory(catalog=catalog, status="embedded")
-    CatalogItemFactory(catalog=catalog, status="failed", error="boom")
+    pending = CatalogItemFactory.create(catalog=catalog)
+    done = CatalogItemFactory.create(catalog=catalog, status="embedded")
+    CatalogItemFactory.create(catalog=catalog, status="failed", error="boom")
     owner = client_for(world["owner"])
     listed = owner.get("/api/catalogs/owned/items/").json()
     assert listed["count"] == 3
@@ -177,7 +177,7 @@ def test_list_filter_and_delete_items(
     assert failed[0]["error"] == "boom"
     assert owner.get("/api/catalogs/owned/items/?status=bogus").status_code == 400
 
-    path = Path(settings.MEDIA_ROOT) / pending.image.name
+    path = Path(settings.MEDIA_ROOT) / str(pending.image.name)
     assert path.exists()
     with django_capture_on_commit_callbacks(execute=True):
         assert owner.delete(f"/api/catalogs/owned/items/{pending.pk}/").status_code == 204
@@ -190,8 +190,11 @@ def test_progress_and_reembed(
 ) -> None:
     catalog = world["catalog"]
     monkeypatch.setattr("catalog.services.encoder.configured_encoder_name", lambda: "enc-new")
-    current, old = CatalogItemFactory(catalog=catalog), CatalogItemFactory(catalog=catalog)
-    CatalogItemFactory(catalog=catalog)  # pending
+    current, old = (
+        CatalogItemFactory.create(catalog=catalog),
+        CatalogItemFactory.create(catalog=catalog),
+    )
+    CatalogItemFactory.create(catalog=catalog)  # pending
     CatalogItem.objects.filter(pk__in=[current.pk, old.pk]).update(status="embedded")
     vectors.store("image", "enc-new", [(current.pk, catalog.pk, np.ones(4) / 2)])
     vectors.store("image", "enc-old", [(old.pk, catalog.pk, np.ones(4) / 2)])

@@ -54,9 +54,11 @@ def use_encoder_name(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 def test_real_offline_models_embed_images_and_product_text(offline_models: Any) -> None:
     from workers.models.registry import get_encoder, get_text_embedder
 
-    catalog = CatalogFactory()
-    titled = CatalogItemFactory(catalog=catalog, title="red apple", description="fresh fruit")
-    untitled = CatalogItemFactory(catalog=catalog, title="")
+    catalog = CatalogFactory.create()
+    titled = CatalogItemFactory.create(
+        catalog=catalog, title="red apple", description="fresh fruit"
+    )
+    untitled = CatalogItemFactory.create(catalog=catalog, title="")
     result = embedding.embed_items([titled.pk, untitled.pk])
     encoder, text = get_encoder(), get_text_embedder()
     assert sorted(result.embedded) == sorted([titled.pk, untitled.pk])
@@ -91,9 +93,9 @@ def test_real_offline_models_embed_images_and_product_text(offline_models: Any) 
 
 @pytest.mark.django_db
 def test_unreadable_file_fails_only_that_item_and_deleted_items_are_skipped() -> None:
-    catalog = CatalogFactory()
-    good, broken, gone = (CatalogItemFactory(catalog=catalog) for _ in range(3))
-    broken.image.storage.delete(broken.image.name)
+    catalog = CatalogFactory.create()
+    good, broken, gone = (CatalogItemFactory.create(catalog=catalog) for _ in range(3))
+    broken.image.storage.delete(str(broken.image.name))
     gone_pk = gone.pk
     gone.delete()
     enc, text = FakeEncoder(), FakeTextEmbedder()
@@ -119,7 +121,7 @@ def test_encoder_failure_marks_the_batch_failed_with_the_reason() -> None:
 
 @pytest.mark.django_db
 def test_cleared_text_drops_the_old_text_vector() -> None:
-    item = CatalogItemFactory(title="blue hat")
+    item = CatalogItemFactory.create(title="blue hat")
     text = FakeTextEmbedder()
     embedding.embed_items([item.pk], encoder=FakeEncoder(), text_embedder=text)
     assert item.embeddings.filter(space="text").count() == 1
@@ -132,7 +134,7 @@ def test_cleared_text_drops_the_old_text_vector() -> None:
 def test_changing_the_encoder_makes_items_stale_until_reembedded(
     monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
 ) -> None:
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     items = CatalogItemFactory.create_batch(3, catalog=catalog)
     ids = [i.pk for i in items]
     embedding.embed_items(ids, encoder=FakeEncoder("enc-A"), text_embedder=FakeTextEmbedder())
@@ -183,7 +185,7 @@ def test_last_used_encoder_is_the_fallback_name(monkeypatch: pytest.MonkeyPatch)
     from catalog.services.encoder import active_encoder_name
 
     monkeypatch.setattr("catalog.services.encoder.configured_encoder_name", lambda: None)
-    item = CatalogItemFactory()
+    item = CatalogItemFactory.create()
     assert active_encoder_name() is None
     embedding.embed_items([item.pk], encoder=FakeEncoder("enc-Z"), text_embedder=FakeTextEmbedder())
     assert active_encoder_name() == "enc-Z"

@@ -100,7 +100,7 @@ def run_import(catalog: Catalog, paths: list[Path], tmp_path: Path, *args: str) 
 
 
 def test_mixed_batch_imports_the_good_and_reports_the_rest(tmp_path: Path) -> None:
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     batch = build_batch(tmp_path)
     report = run_import(catalog, list(batch.values()), tmp_path)
 
@@ -145,7 +145,7 @@ def test_mixed_batch_imports_the_good_and_reports_the_rest(tmp_path: Path) -> No
 
 
 def test_rerun_adds_nothing(tmp_path: Path) -> None:
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     batch = build_batch(tmp_path)
     run_import(catalog, list(batch.values()), tmp_path)
     files = stored_files(catalog)
@@ -159,7 +159,7 @@ def test_rerun_adds_nothing(tmp_path: Path) -> None:
 def test_interrupted_import_finishes_on_rerun_without_duplicates_or_orphans(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     batch = build_batch(tmp_path)
     real_store = ingest._store_file
     calls = {"n": 0}
@@ -188,7 +188,7 @@ def test_interrupted_import_finishes_on_rerun_without_duplicates_or_orphans(
 
 
 def test_a_file_cut_short_by_a_crash_is_replaced(tmp_path: Path) -> None:
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     data = image_bytes("RGB", (30, 30), (5, 6, 7))
     (tmp_path / "a.png").write_bytes(data)
     from catalog.services.validation import NormalisedImage, judge
@@ -244,7 +244,7 @@ def test_embedding_jobs_are_queued_in_batches_after_commit(
     monkeypatch: pytest.MonkeyPatch,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     for i in range(7):
         (tmp_path / f"{i}.png").write_bytes(image_bytes("RGB", (8, 8), (i, i, i)))
     sent: list[list[int]] = []

@@ -80,8 +80,8 @@ def _live_position(catalog: Catalog, model_name: str, query: np.ndarray, target:
 @pytest.mark.django_db
 def test_positions_agree_with_the_full_live_ranking_ties_included() -> None:
     rng = np.random.default_rng(7)
-    catalog = CatalogFactory()
-    items = [CatalogItemFactory(catalog=catalog) for _ in range(15)]
+    catalog = CatalogFactory.create()
+    items = [CatalogItemFactory.create(catalog=catalog) for _ in range(15)]
     vecs = rng.normal(size=(15, 8)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     vecs[4] = vecs[9] = vecs[2]  # equal scores: the item id decides, in both
@@ -99,7 +99,7 @@ def test_positions_agree_with_the_full_live_ranking_ties_included() -> None:
         )
         assert got == expected
         assert sorted(expected) == list(range(len(items)))
-    other = CatalogItemFactory()
+    other = CatalogItemFactory.create()
     assert ranking.positions(
         catalog_id=catalog.pk, model_name="enc", queries=queries[:1], targets=[other.pk]
     ) == [None]
@@ -156,7 +156,7 @@ def test_text_and_dar_ranks_match_the_live_ranking_and_resume_from_the_cache(
     item_of = dict(catalog.items.values_list("source_name", "pk"))
     for index, dialogue in enumerate(dialogs):
         texts = [
-            Dialogue(dialogue["dialog"][0], dialogue["dialog"][1 : k + 1]).as_text()
+            Dialogue(dialogue["dialog"][0], list(dialogue["dialog"][1 : k + 1])).as_text()
             for k in range(11)
         ]
         queries = encoder.encode_texts(texts)
@@ -293,9 +293,9 @@ def test_reformulated_and_dar_modes_share_the_llm_refinement(
 def test_existing_catalog_with_parallel_ranking(tmp_path: Path, offline_models: Any) -> None:
     from workers.models.registry import get_encoder
 
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     items = [
-        CatalogItemFactory(
+        CatalogItemFactory.create(
             catalog=catalog,
             title="",
             source_name=f"photos/{i:03d}.png",
@@ -331,7 +331,7 @@ def test_existing_catalog_with_parallel_ranking(tmp_path: Path, offline_models: 
     for index, dialogue in enumerate(dialogs):
         target = items[2 if index == 0 else 4].pk  # the second matched by its file name
         texts = [
-            Dialogue(dialogue["dialog"][0], dialogue["dialog"][1 : k + 1]).as_text()
+            Dialogue(dialogue["dialog"][0], list(dialogue["dialog"][1 : k + 1])).as_text()
             for k in range(3)
         ]
         expected = [

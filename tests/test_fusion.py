@@ -30,7 +30,7 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 @pytest.fixture
 def catalog_vectors() -> dict[str, object]:
     rng = np.random.default_rng(7)
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     items = CatalogItemFactory.create_batch(N, catalog=catalog)
     vectors.store(
         "image",

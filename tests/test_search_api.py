@@ -42,7 +42,7 @@ def start_session(client: APIClient, catalog_slug: str) -> str:
 
 
 def test_anonymous_shopper_needs_csrf_and_owns_the_session() -> None:
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     client = shopper(catalog.slug)
     session_id = start_session(client, catalog.slug)
     session = SearchSession.objects.get(pk=session_id)
@@ -68,7 +68,7 @@ def test_anonymous_shopper_needs_csrf_and_owns_the_session() -> None:
 
 
 def test_messages_are_validated_and_rate_limited(settings: Any) -> None:
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     client = shopper(catalog.slug)
     session_id = start_session(client, catalog.slug)
     url = f"/api/search/sessions/{session_id}/messages/"
@@ -94,12 +94,12 @@ def test_messages_are_validated_and_rate_limited(settings: Any) -> None:
 
 
 def test_private_catalogs_are_for_their_shop_admins_only() -> None:
-    catalog = CatalogFactory(is_public=False)
+    catalog = CatalogFactory.create(is_public=False)
     anonymous = APIClient()
     response = anonymous.post("/api/search/sessions/", {"catalog": catalog.slug}, format="json")
     assert response.status_code == 404
 
-    admin = UserFactory(is_staff=False)
+    admin = UserFactory.create(is_staff=False)
     catalog.shop.admins.add(admin)
     # HTTP Basic clients carry no cookie, so no CSRF token is needed.
     basic = APIClient(enforce_csrf_checks=True)
@@ -116,8 +116,8 @@ def _basic(username: str, password: str) -> str:
 
 
 def test_feedback_endpoint() -> None:
-    catalog = CatalogFactory()
-    item, foreign = CatalogItemFactory(catalog=catalog), CatalogItemFactory()
+    catalog = CatalogFactory.create()
+    item, foreign = CatalogItemFactory.create(catalog=catalog), CatalogItemFactory.create()
     client = shopper(catalog.slug)
     session_id = start_session(client, catalog.slug)
     url = f"/api/search/sessions/{session_id}/feedback/"

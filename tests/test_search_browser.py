@@ -83,9 +83,9 @@ def catalog(celery_worker: Any, monkeypatch: Any, settings: Any) -> Any:
     limit_llm_tokens(monkeypatch)
     settings.DAR_TURN_TIME_LIMIT = 900
     settings.DAR_ASK_QUESTIONS = True
-    catalog = CatalogFactory(name="Colour tiles", slug="tiles")
+    catalog = CatalogFactory.create(name="Colour tiles", slug="tiles")
     items = [
-        CatalogItemFactory(catalog=catalog, title=title, color=color)
+        CatalogItemFactory.create(catalog=catalog, title=title, color=color)
         for title, color in PALETTE.items()
     ]
     assert len(embed_items([i.pk for i in items]).embedded) == len(items)

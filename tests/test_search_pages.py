@@ -13,15 +13,15 @@ pytestmark = pytest.mark.django_db
 
 
 def test_catalog_list_shows_public_catalogs_only() -> None:
-    public = CatalogFactory(name="Summer shoes")
-    private = CatalogFactory(name="Secret stock", is_public=False)
+    public = CatalogFactory.create(name="Summer shoes")
+    private = CatalogFactory.create(name="Secret stock", is_public=False)
     page = Client().get("/")
     assert page.status_code == 200
     html = page.content.decode()
     assert public.name in html and f"/search/{public.slug}/" in html
     assert private.name not in html
 
-    admin = UserFactory(is_staff=False)
+    admin = UserFactory.create(is_staff=False)
     private.shop.admins.add(admin)
     client = Client()
     client.force_login(admin)
@@ -29,7 +29,7 @@ def test_catalog_list_shows_public_catalogs_only() -> None:
 
 
 def test_search_page_carries_its_config_csrf_cookie_and_stand_in_notice() -> None:
-    catalog = CatalogFactory()
+    catalog = CatalogFactory.create()
     client = Client()
     page = client.get(f"/search/{catalog.slug}/")
     assert page.status_code == 200
@@ -45,6 +45,6 @@ def test_search_page_carries_its_config_csrf_cookie_and_stand_in_notice() -> Non
 
 
 def test_private_or_unknown_catalog_page_is_404() -> None:
-    private = CatalogFactory(is_public=False)
+    private = CatalogFactory.create(is_public=False)
     assert Client().get(f"/search/{private.slug}/").status_code == 404
     assert Client().get("/search/no-such-catalog/").status_code == 404

@@ -94,7 +94,7 @@ def _assert_ranking(turn: Turn, final: bool, expected: list[tuple[int, float]]) 
 def test_turns_store_every_stage_and_rank_by_dar_fusion(models: None, settings: Any) -> None:
     settings.DAR_ASK_QUESTIONS = True
     catalog = embedded_catalog(10)
-    session = SearchSessionFactory(catalog=catalog)
+    session = SearchSessionFactory.create(catalog=catalog)
     encoder = _encoder()
 
     turn = _new_turn(session, "a small red ceramic mug")
@@ -186,15 +186,15 @@ def test_redelivered_running_turn_restarts_cleanly(
 ) -> None:
     settings.DAR_PREVIEWS_PER_TURN = 2
     catalog = embedded_catalog(6)
-    session = SearchSessionFactory(catalog=catalog)
+    session = SearchSessionFactory.create(catalog=catalog)
     # What a worker that died mid-turn leaves behind: RUNNING, a preview file, some results.
     turn = _new_turn(session, "a green wool scarf")
     Turn.objects.filter(pk=turn.pk).update(
         status=Turn.Status.RUNNING, attempts=1, started_at=timezone.now(), refined_query="stale"
     )
-    stale_preview = PreviewFactory(turn=turn, index=0)
+    stale_preview = PreviewFactory.create(turn=turn, index=0)
     stale_file = Path(stale_preview.image.path)
-    TurnResultFactory(turn=turn, final=False, rank=1)
+    TurnResultFactory.create(turn=turn, final=False, rank=1)
     assert stale_file.is_file()
 
     with EventRecorder(session.pk) as events:
@@ -215,7 +215,9 @@ def test_redelivered_running_turn_restarts_cleanly(
 
 
 def test_a_turn_that_keeps_killing_its_worker_fails(redis_client: Any) -> None:
-    turn = TurnFactory(index=0, status=Turn.Status.RUNNING, attempts=3, started_at=timezone.now())
+    turn = TurnFactory.create(
+        index=0, status=Turn.Status.RUNNING, attempts=3, started_at=timezone.now()
+    )
     with EventRecorder(turn.session_id) as events:
         pipeline.run_turn(turn.pk)
         (error,) = events.wait_for(lambda evs: bool(evs))
@@ -225,9 +227,11 @@ def test_a_turn_that_keeps_killing_its_worker_fails(redis_client: Any) -> None:
 
 
 def test_turns_wait_for_their_predecessor() -> None:
-    session = SearchSessionFactory()
-    TurnFactory(session=session, index=0, status=Turn.Status.RUNNING, started_at=timezone.now())
-    waiting = TurnFactory(session=session, index=1)
+    session = SearchSessionFactory.create()
+    TurnFactory.create(
+        session=session, index=0, status=Turn.Status.RUNNING, started_at=timezone.now()
+    )
+    waiting = TurnFactory.create(session=session, index=1)
     with pytest.raises(pipeline.TurnNotReady):
         pipeline.run_turn(waiting.pk)
     waiting.refresh_from_db()
@@ -236,7 +240,7 @@ def test_turns_wait_for_their_predecessor() -> None:
 
 def test_turn_over_its_time_limit_fails_with_timeout(models: None, settings: Any) -> None:
     catalog = embedded_catalog(3)
-    session = SearchSessionFactory(catalog=catalog)
+    session = SearchSessionFactory.create(catalog=catalog)
     turn = _new_turn(session, "a yellow raincoat")
     settings.DAR_TURN_TIME_LIMIT = 0  # over the limit as soon as the first stage ends
     with EventRecorder(session.pk) as events:
@@ -251,7 +255,7 @@ def test_turn_over_its_time_limit_fails_with_timeout(models: None, settings: Any
 
 def test_a_superseded_attempt_writes_nothing(models: None) -> None:
     catalog = embedded_catalog(3)
-    session = SearchSessionFactory(catalog=catalog)
+    session = SearchSessionFactory.create(catalog=catalog)
     turn = _new_turn(session, "a leather belt")
     claimed = pipeline._claim(turn.pk)
     assert claimed is not None
@@ -267,18 +271,20 @@ def test_a_superseded_attempt_writes_nothing(models: None) -> None:
 def test_sweeper_fails_turns_stuck_past_the_limit(settings: Any) -> None:
     settings.DAR_TURN_TIME_LIMIT = 60
     long_ago = timezone.now() - timedelta(seconds=60 + turns.SWEEP_GRACE + 5)
-    stuck = SearchSessionFactory()
-    running = TurnFactory(session=stuck, index=0, status=Turn.Status.RUNNING, started_at=long_ago)
+    stuck = SearchSessionFactory.create()
+    running = TurnFactory.create(
+        session=stuck, index=0, status=Turn.Status.RUNNING, started_at=long_ago
+    )
     # Queued behind the stuck turn: its clock starts when the predecessor finishes.
-    behind = TurnFactory(session=stuck, index=1)
+    behind = TurnFactory.create(session=stuck, index=1)
     Turn.objects.filter(pk=behind.pk).update(created_at=long_ago)
 
-    lost = SearchSessionFactory()
-    done = TurnFactory(session=lost, index=0, status=Turn.Status.DONE, finished_at=long_ago)
-    orphan = TurnFactory(session=lost, index=1)  # its task message was lost
+    lost = SearchSessionFactory.create()
+    done = TurnFactory.create(session=lost, index=0, status=Turn.Status.DONE, finished_at=long_ago)
+    orphan = TurnFactory.create(session=lost, index=1)  # its task message was lost
     Turn.objects.filter(pk=orphan.pk).update(created_at=long_ago)
 
-    fresh = TurnFactory(index=0, status=Turn.Status.RUNNING, started_at=timezone.now())
+    fresh = TurnFactory.create(index=0, status=Turn.Status.RUNNING, started_at=timezone.now())
 
     with EventRecorder(stuck.pk) as stuck_events, EventRecorder(lost.pk) as lost_events:
         assert sweep_stuck_turns() == 2  # the periodic Celery task
@@ -301,8 +307,8 @@ def test_sweeper_fails_turns_stuck_past_the_limit(settings: Any) -> None:
 
 
 def test_feedback_is_validated_and_latest_opinion_wins() -> None:
-    session = SearchSessionFactory()
-    item = CatalogItemFactory(catalog=session.catalog)
+    session = SearchSessionFactory.create()
+    item = CatalogItemFactory.create(catalog=session.catalog)
     feedback.record_feedback(session, item.pk, 1)
     feedback.record_feedback(session, str(item.pk), -1)
     assert list(Feedback.objects.filter(session=session).values_list("value", flat=True)) == [-1]

@@ -27,9 +27,9 @@ def test_pgvector_is_installed() -> None:
 
 def test_search_matches_numpy_and_ignores_other_models_and_catalogs() -> None:
     rng = np.random.default_rng(0)
-    catalog, other = CatalogFactory(), CatalogFactory()
-    items = [CatalogItemFactory(catalog=catalog) for _ in range(30)]
-    stranger = CatalogItemFactory(catalog=other)
+    catalog, other = CatalogFactory.create(), CatalogFactory.create()
+    items = [CatalogItemFactory.create(catalog=catalog) for _ in range(30)]
+    stranger = CatalogItemFactory.create(catalog=other)
     vecs = _unit(rng, 30, 16)
     vectors.store(
         "image", "enc-a", [(i.id, catalog.id, v) for i, v in zip(items, vecs, strict=True)]
@@ -50,8 +50,8 @@ def test_search_matches_numpy_and_ignores_other_models_and_catalogs() -> None:
 
 
 def test_store_is_idempotent_and_creates_the_hnsw_index() -> None:
-    catalog = CatalogFactory()
-    item = CatalogItemFactory(catalog=catalog)
+    catalog = CatalogFactory.create()
+    item = CatalogItemFactory.create(catalog=catalog)
     v = np.ones(8, dtype=np.float32) / np.sqrt(8)
     vectors.store("image", "enc", [(item.id, catalog.id, v)])
     vectors.store("image", "enc", [(item.id, catalog.id, -v)])

@@ -51,7 +51,7 @@ async def open_socket(
 @sync_to_async
 def anonymous_session(**fields: Any) -> tuple[Any, str]:
     key = browser_session_key()
-    return SearchSessionFactory(session_key=key, **fields), key
+    return SearchSessionFactory.create(session_key=key, **fields), key
 
 
 def _turn_contexts(session: Any) -> list[tuple[int, list[str]]]:
@@ -69,7 +69,7 @@ async def test_connect_restores_the_session_from_the_database() -> None:
 
     @sync_to_async
     def history() -> Turn:
-        turn = TurnFactory(
+        turn = TurnFactory.create(
             session=session,
             index=0,
             status=Turn.Status.DONE,
@@ -77,7 +77,7 @@ async def test_connect_restores_the_session_from_the_database() -> None:
             question="Which size?",
         )
         for rank in (1, 2):
-            TurnResultFactory(turn=turn, final=True, rank=rank, score=1.0 / rank)
+            TurnResultFactory.create(turn=turn, final=True, rank=rank, score=1.0 / rank)
         return turn
 
     turn = await history()
@@ -96,9 +96,9 @@ async def test_connect_restores_the_session_from_the_database() -> None:
 
 
 async def test_someone_elses_session_is_refused_with_4403() -> None:
-    owner = await sync_to_async(UserFactory)()
-    session = await sync_to_async(SearchSessionFactory)(user=owner, session_key="")
-    intruder = await sync_to_async(UserFactory)()
+    owner = await sync_to_async(UserFactory.create)()
+    session = await sync_to_async(SearchSessionFactory.create)(user=owner, session_key="")
+    intruder = await sync_to_async(UserFactory.create)()
     for cookie in (
         await sync_to_async(browser_session_key)(),
         await sync_to_async(browser_session_key)(intruder),
@@ -131,8 +131,8 @@ async def test_unknown_session_closes_with_4404_and_foreign_origin_is_rejected()
 
 async def test_bad_input_gets_an_error_and_the_socket_stays_usable() -> None:
     session, key = await anonymous_session()
-    foreign_item = await sync_to_async(CatalogItemFactory)()
-    own_item = await sync_to_async(CatalogItemFactory)(catalog=session.catalog)
+    foreign_item = await sync_to_async(CatalogItemFactory.create)()
+    own_item = await sync_to_async(CatalogItemFactory.create)(catalog=session.catalog)
     comm, _ = await open_socket(session.pk, key)
     assert (await receive(comm))["type"] == "state"
 

@@ -114,7 +114,7 @@ def search(
         f"SELECT item_id, -((vector::vector({dim})) <#> %s::vector({dim})) AS score "
         f"FROM {_TABLE} WHERE catalog_id = %s AND space = %s AND model_name = %s AND dim = {dim}"
     )
-    params: list[object] = [literal, catalog_id, space, model_name]
+    params: list[Any] = [literal, catalog_id, space, model_name]
     if exclude:
         sql += " AND NOT (item_id = ANY(%s))"
         params.append(list(exclude))
@@ -178,7 +178,7 @@ def search_with_product_text(
         f" AND t.model_name = %s AND t.dim = {tdim}"
         f" WHERE i.catalog_id = %s AND i.space = 'image' AND i.model_name = %s AND i.dim = {dim}"
     )
-    params: list[object] = [
+    params: list[Any] = [
         _literal(query),
         float(text_weight),
         _literal(text_query),

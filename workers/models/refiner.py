@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dar_site.env import env_int
+
 from . import prompts
 from .device import pick_dtype
 from .llm_output import fallback_refinement, parse_question, parse_refinement
@@ -26,10 +28,11 @@ from .protocols import Dialogue, Refinement, Refiner
 
 log = logging.getLogger(__name__)
 
-# Token budgets: ~40 words of description, ~25 words per prompt, ~20 words of question.
-DESCRIPTION_TOKENS = 80
-PROMPT_TOKENS = 48
-ASK_MAX_TOKENS = 48
+# Token budgets: ~40 words of description, ~25 words per prompt, ~20 words of question. Decoding
+# time is linear in them, so a slow CPU deployment may want them smaller.
+DESCRIPTION_TOKENS = env_int("DAR_LLM_DESCRIPTION_TOKENS", 80, min=4, max=1024)
+PROMPT_TOKENS = env_int("DAR_LLM_PROMPT_TOKENS", 48, min=4, max=1024)
+ASK_MAX_TOKENS = env_int("DAR_LLM_QUESTION_TOKENS", 48, min=4, max=1024)
 
 
 @functools.cache
