@@ -12,6 +12,33 @@ from typing import Any
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_abandoned_test_databases(django_db_blocker: Any) -> None:
+    """Drop test databases left by runs that were killed (their pid is gone)."""
+    import re
+
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE 'test_dar_t%%'")
+        for (name,) in cursor.fetchall():
+            match = re.fullmatch(r"test_dar_t(\d+)", name)
+            if match and not _alive(int(match[1])):
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 @pytest.fixture(scope="session")
 def offline_models() -> dict[str, Any]:
     """Build the offline model weights once (idempotent; kept in DAR_MODEL_DIR between runs)."""
