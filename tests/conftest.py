@@ -39,6 +39,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _test_media_root() -> Iterator[None]:
+    """Uploaded and generated files of this run live in a folder of its own, removed at the end."""
+    import shutil
+
+    from django.conf import settings
+
+    yield
+    shutil.rmtree(settings.MEDIA_ROOT, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def offline_models() -> dict[str, Any]:
     """Build the offline model weights once (idempotent; kept in DAR_MODEL_DIR between runs)."""
