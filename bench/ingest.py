@@ -1,0 +1,168 @@
+"""Catalog ingest: images per second from files to stored embeddings, and where the time goes.
+
+    python -m bench.ingest                  # 200 synthetic product photos, offline models
+    python -m bench.ingest --images 1000 --size 800
+
+A folder of generated photos (JPEG and PNG, with a CSV manifest of titles) goes through
+``ingest.import_paths`` (what ``import_catalog`` and the admin upload call), which queues
+``gpu.embed_items`` jobs; a real Celery worker (threads of this process, so its calls can be timed)
+embeds them. The figures are wall time per stage, summed over all images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from bench.common import bench_database, print_table, setup_django
+from bench.instrument import Meter, celery_worker, instrumented
+
+PHASE_IMPORT, PHASE_EMBED = "import", "embed"
+POLLING = "bench polling"
+
+
+def make_photo(rng: np.random.Generator, size: int) -> Image.Image:
+    """A product-shot-like picture: a lit background, a few shapes and sensor noise, so that
+    decoding and re-encoding cost what real photos cost (flat colours compress to nothing)."""
+    w, h = size, int(size * 0.75)
+    base = rng.integers(120, 255, 3)
+    ramp = np.linspace(0.7, 1.0, h)[:, None, None] * base[None, None, :]
+    pixels = np.broadcast_to(ramp, (h, w, 3)).copy()
+    img = Image.fromarray(pixels.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 5))):
+        x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+        x1, y1 = x0 + int(rng.integers(w // 8, w // 2)), y0 + int(rng.integers(h // 8, h // 2))
+        color = tuple(int(c) for c in rng.integers(0, 255, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=color)
+    noise = rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8))
+
+
+def make_folder(folder: Path, count: int, size: int, seed: int) -> int:
+    """Write ``count`` photos (one in four PNG) and a manifest; returns the bytes written."""
+    rng = np.random.default_rng(seed)
+    written = 0
+    rows = []
+    for i in range(count):
+        name = f"p{i:05d}." + ("png" if i % 4 == 3 else "jpg")
+        make_photo(rng, size).save(folder / name, quality=90)
+        written += (folder / name).stat().st_size
+        rows.append({"path": name, "title": f"Product {i}", "description": "a bench product"})
+    with (folder / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "title", "description"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return written
+
+
+def run(args: argparse.Namespace) -> None:
+    from catalog.models import Catalog, CatalogItem, Shop
+    from catalog.services import embedding, ingest, progress, validation, vectors
+    from workers.models.config import model_plan
+
+    shop = Shop.objects.create(name="Bench", slug="bench")
+    catalog = Catalog.objects.create(shop=shop, name="Bench ingest", slug="bench-ingest")
+    with tempfile.TemporaryDirectory(prefix="dar-bench-ingest-") as tmp:
+        folder = Path(tmp)
+        start = time.perf_counter()
+        size_bytes = make_folder(folder, args.images, args.size, args.seed)
+        gen_s = time.perf_counter() - start
+
+        meter = Meter()
+        spans = [
+            (validation, "judge", "validate + normalise"),
+            (ingest, "_store_file", "store file"),
+            (embedding, "_open_stored", "open stored image"),
+            (vectors, "store", "vector store (upsert + HNSW)"),
+        ]
+        # The import finishes (and only then queues its jobs) before the worker starts embedding,
+        # so the phases never overlap: the meter's totals at t1 belong to the import.
+        # Models load once per worker process; loaded here first (the worker runs in this process)
+        # so that the figures are the steady state, and the load time is reported on its own.
+        start = time.perf_counter()
+        from workers.models.registry import get_encoder, get_text_embedder
+
+        get_encoder(), get_text_embedder()
+        load_s = time.perf_counter() - start
+        with celery_worker(concurrency=1), instrumented(meter, spans):
+            t0 = time.perf_counter()
+            report = ingest.import_paths(catalog, [str(folder / "manifest.csv")])
+            t1 = time.perf_counter()
+            at_t1 = meter.snapshot()
+            with meter.span(POLLING):  # the benchmark's own queries are not the product's
+                counts = progress.wait_until_done(catalog, timeout=args.timeout, interval=0.05)
+            t2 = time.perf_counter()
+            at_t2 = meter.snapshot()
+    phases = {
+        PHASE_IMPORT: at_t1,
+        PHASE_EMBED: {
+            k: v - at_t1.get(k, 0.0)
+            for k, v in at_t2.items()
+            if v - at_t1.get(k, 0.0) and k != POLLING
+        },
+    }
+
+    embedded = CatalogItem.objects.filter(catalog=catalog, status="embedded").count()
+    n = len(report.imported)
+    plan = model_plan()
+    print(
+        f"ingest bench: {args.images} photos {args.size}x{int(args.size * 0.75)} "
+        f"({size_bytes / 2**20:.1f} MB, generated in {gen_s:.1f} s); encoder {plan.encoder_name}; "
+        f"DAR_EMBED_BATCH={_setting('DAR_EMBED_BATCH')}; models loaded first in {load_s:.1f} s"
+    )
+    print(
+        f"  imported {n}, rejected {len(report.rejected)}, embedded {embedded}, "
+        f"pending {counts['pending']}, failed {counts['failed']}"
+    )
+    print(
+        f"  import {t1 - t0:.1f} s ({n / (t1 - t0):.1f} images/s); embed {t2 - t1:.1f} s "
+        f"({embedded / max(t2 - t1, 1e-9):.1f} images/s); files to stored embeddings "
+        f"{t2 - t0:.1f} s = {embedded / (t2 - t0):.1f} images/s"
+    )
+    rows = []
+    for phase, wall in ((PHASE_IMPORT, t1 - t0), (PHASE_EMBED, t2 - t1)):
+        totals = phases[phase]
+        other = wall - sum(totals.values())
+        label = "read files, Python, other" if phase == PHASE_IMPORT else "queue, task, other"
+        ranked = sorted(((k, v) for k, v in totals.items() if v >= 0.0005), key=lambda kv: -kv[1])
+        for bucket, seconds in [*ranked, (label, other)]:
+            rows.append([phase, bucket, seconds, 1000 * seconds / max(n, 1), 100 * seconds / wall])
+    print_table(
+        "where the time goes (wall time summed over all images)",
+        ["phase", "stage", "total s", "ms/image", "% of phase"],
+        rows,
+    )
+
+
+def _setting(name: str) -> object:
+    from django.conf import settings
+
+    return getattr(settings, name)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ingest", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--images", type=int, default=200, help="photos to import (200)")
+    parser.add_argument("--size", type=int, default=640, help="photo width in pixels (640)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="give up waiting for embeddings after (900 s)"
+    )
+    args = parser.parse_args(argv)
+    setup_django()
+    with bench_database():
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

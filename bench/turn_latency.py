@@ -1,0 +1,147 @@
+"""Turn latency with the offline models on CPU: time per stage, and the orchestration overhead.
+
+    python -m bench.turn_latency               # 21 turns (7 three-message searches), 2 warm-up
+    python -m bench.turn_latency --turns 60
+
+Each turn goes the real way: ``turns.submit_message`` (what the websocket consumer calls) stores it
+and queues ``gpu.run_turn`` through Redis; a real Celery worker (threads of this process, so its
+calls can be timed) runs the pipeline; the events come back through the channel layer. Model calls
+are timed where the registry hands the models out; SQL on every connection; the channel layer where
+``events.emit`` sends. Overhead = end-to-end time (submit -> ``turn.done`` received) minus model
+compute: queueing, database, channel layer, preview files, Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench.common import Summary, bench_database, print_table, setup_django
+from bench.fixtures import bench_catalog, dialogue
+from bench.instrument import EventTap, Meter, celery_worker, instrumented
+
+TARGET_OVERHEAD_MS = 20.0
+
+
+def one_turn(
+    session: Any, text: str, meter: Meter, tap: EventTap, timeout: float
+) -> dict[str, Any]:
+    from retrieval.models import Turn
+    from retrieval.services import turns
+
+    meter.reset()
+    start = time.perf_counter()
+    turn = turns.submit_message(session, text)
+    index = turn.index
+
+    def of_turn(kind: str, **match: Any) -> Any:
+        return lambda e: (
+            e.get("turn") == index
+            and e["type"] == kind
+            and all(e.get(k) == v for k, v in match.items())
+        )
+
+    done = tap.wait(
+        lambda e: e.get("turn") == index and e["type"] in ("turn.done", "error"), timeout
+    )
+    started = tap.wait(of_turn("turn.started"), 1)
+    provisional = tap.wait(of_turn("results", final=False), 1)
+    final = tap.wait(of_turn("results", final=True), 1)
+    totals = meter.snapshot()
+    counts = dict(meter.calls)
+    turn = Turn.objects.get(pk=turn.pk)
+    if turn.status != Turn.Status.DONE:
+        raise RuntimeError(f"turn failed: {turn.error_code} {turn.error}")
+    # Getting a loaded model is a dict lookup; only the calls are compute.
+    calls = {k: v for k, v in totals.items() if k.startswith("model:") and k != "model: load"}
+    model = sum(calls.values())
+    e2e = done - start
+    row = {
+        "end to end": e2e,
+        "to provisional results": provisional - start,
+        "to final results": final - start,
+        "queue wait (to turn.started)": started - start,
+        "model compute": model,
+        "overhead (not model)": e2e - model,
+        "  database (SQL)": totals.get("db", 0.0),
+        "  channel layer (emit)": totals.get("channel layer", 0.0),
+        "  preview files": totals.get("preview files", 0.0),
+    }
+    row["  queue, Python, other"] = row["overhead (not model)"] - sum(
+        row[k] for k in ("  database (SQL)", "  channel layer (emit)", "  preview files")
+    )
+    row |= calls
+    row |= {f"stage {k} (turn.timings)": v / 1000 for k, v in turn.timings.items()}
+    # Counts ride along under names the table skips (they are not durations).
+    row["#sql"] = counts.get("db", 0)
+    row["#emit"] = counts.get("channel layer", 0)
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.turn_latency", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--turns", type=int, default=21, help="timed turns (21)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed turns first (2)")
+    parser.add_argument("--items", type=int, default=200, help="catalog size (200)")
+    parser.add_argument("--timeout", type=float, default=300, help="per turn (300 s)")
+    args = parser.parse_args(argv)
+    setup_django()
+    with bench_database():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    from django.conf import settings
+
+    from retrieval.models import SearchSession
+    from retrieval.services import events, pipeline
+    from workers.models.config import model_plan
+
+    catalog = bench_catalog(args.items)
+    meter = Meter()
+    spans = [
+        (events, "emit", "channel layer"),
+        (pipeline._TurnRun, "_save_previews", "preview files"),
+    ]
+    rows: list[dict[str, Any]] = []
+    with celery_worker(concurrency=2), instrumented(meter, spans):
+        for i in range(args.warmup + args.turns):
+            session = SearchSession.objects.create(catalog=catalog, session_key=f"bench{i}")
+            with EventTap(events.group_name(session.pk)) as tap:
+                for text in dialogue(i)[: 3 if i >= args.warmup else 1]:
+                    row = one_turn(session, text, meter, tap, args.timeout)
+                    if i >= args.warmup:
+                        rows.append(row)
+                    if len(rows) >= args.turns:
+                        break
+            if len(rows) >= args.turns:
+                break
+
+    plan = model_plan()
+    print(
+        f"turn latency bench: {len(rows)} turns after {args.warmup} warm-up, catalog of "
+        f"{args.items}; profile {plan.profile}, encoder {plan.encoder_name}; "
+        f"previews/turn {settings.DAR_PREVIEWS_PER_TURN}, questions {settings.DAR_ASK_QUESTIONS}"
+    )
+    keys = [k for k in dict.fromkeys(k for row in rows for k in row) if not k.startswith("#")]
+    table = []
+    for key in keys:
+        s = Summary.of([1000 * row.get(key, 0.0) for row in rows])
+        table.append([key, s.p50, s.p95, s.mean])
+    print_table("per turn (ms)", ["", "p50", "p95", "mean"], table)
+    sql, emits = (Summary.of([row[k] for row in rows]).p50 for k in ("#sql", "#emit"))
+    print(f"per turn (p50): {sql:.0f} SQL statements, {emits:.0f} events sent")
+    overhead = Summary.of([1000 * row["overhead (not model)"] for row in rows]).p50
+    verdict = "met" if overhead < TARGET_OVERHEAD_MS else "NOT met"
+    print(
+        f"\ntarget orchestration overhead p50 < {TARGET_OVERHEAD_MS:.0f} ms: {verdict} "
+        f"({overhead:.1f} ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()

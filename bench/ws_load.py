@@ -1,0 +1,279 @@
+"""Websocket load: concurrent search sessions against a real ASGI server and Celery worker.
+
+    python -m bench.ws_load                          # 8 sessions x 2 turns, uvicorn
+    python -m bench.ws_load --sessions 16 --turns 3 --server daphne
+
+Runs the product as the demo does, in subprocesses on loopback: uvicorn (or daphne) serving
+``dar_site.asgi:application`` and ``celery worker --pool threads``, offline models, bench database.
+Every session is a browser: a Django session cookie, the page's Origin, ``/ws/search/<id>/``; it
+sends its messages one after another, each when the previous turn is done. Reported per turn:
+time to the first (text-only) results, to the final (fused) results and to ``turn.done``; errors;
+turns completed per second. Bounded by --sessions, --turns and --duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import Summary, bench_database, child_env, print_table, setup_django
+from bench.fixtures import bench_catalog, dialogue
+
+MAX_SESSIONS = 64  # loopback only, and a 2-core machine: keep the load bounded
+
+
+@dataclass
+class Outcome:
+    connect: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)
+    final: list[float] = field(default_factory=list)
+    done: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _wait_http(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the ASGI server exited; see {log}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"the ASGI server did not answer in {timeout:.0f} s; see {log}")
+
+
+def start_services(args: argparse.Namespace, port: int, logs: Path, stack: ExitStack) -> None:
+    from django.conf import settings
+
+    # Every simulated browser talks from 127.0.0.1, so the per-address limit would be the first
+    # thing measured; real shoppers come from many addresses.
+    env = child_env(
+        DAR_RATE_LIMIT_ADDRESS_TURNS=str(10 * args.sessions * args.turns),
+        DAR_LOG_LEVEL="WARNING",
+    )
+    python = sys.executable
+    worker = _spawn(
+        [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "dar_site",
+            "worker",
+            "--loglevel",
+            "WARNING",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(args.worker_threads),
+            "--queues",
+            f"{settings.CELERY_GPU_QUEUE},{settings.CELERY_DEFAULT_QUEUE}",
+        ],
+        env,
+        logs / "worker.log",
+    )
+    stack.callback(_stop, worker)
+    if args.server == "daphne":
+        command = [
+            python,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "dar_site.asgi:application",
+        ]
+    else:
+        command = [
+            python,
+            "-m",
+            "uvicorn",
+            "dar_site.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws",
+            "websockets",
+            "--log-level",
+            "warning",
+        ]
+    web = _spawn(command, env, logs / "web.log")
+    stack.callback(_stop, web)
+    _wait_http(port, web, logs / "web.log")
+
+
+def make_sessions(catalog: Any, count: int) -> list[tuple[str, str]]:
+    """(search session id, browser session key) pairs, as the shopper page would create them."""
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from retrieval.services.sessions import create_session
+
+    out = []
+    for _ in range(count):
+        store = SessionStore()
+        store.create()
+        key = str(store.session_key)
+        out.append((str(create_session(catalog, None, key).pk), key))
+    return out
+
+
+async def browse(
+    port: int, session_id: str, key: str, texts: list[str], outcome: Outcome, deadline: float
+) -> None:
+    from websockets.asyncio.client import connect
+
+    start = time.perf_counter()
+    async with connect(
+        f"ws://127.0.0.1:{port}/ws/search/{session_id}/",
+        origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
+        additional_headers={"Cookie": f"sessionid={key}"},
+        open_timeout=30,
+    ) as ws:
+        first = json.loads(await ws.recv())
+        if first.get("type") != "state":
+            outcome.errors[f"connect: {first.get('code', first.get('type'))}"] += 1
+            return
+        outcome.connect.append(time.perf_counter() - start)
+        for index, text in enumerate(texts):
+            if time.perf_counter() > deadline:
+                outcome.errors["not sent: --duration reached"] += len(texts) - index
+                return
+            sent = time.perf_counter()
+            await ws.send(json.dumps({"type": "message", "text": text}))
+            while True:
+                remaining = deadline - time.perf_counter()
+                try:
+                    event = json.loads(await asyncio.wait_for(ws.recv(), max(remaining, 0.1)))
+                except TimeoutError:
+                    outcome.errors["unfinished at --duration"] += 1
+                    return
+                if event.get("turn") != index:
+                    continue
+                elapsed = time.perf_counter() - sent
+                kind = event.get("type")
+                if kind == "results":
+                    (outcome.final if event.get("final") else outcome.first).append(elapsed)
+                elif kind == "turn.done":
+                    outcome.done.append(elapsed)
+                    break
+                elif kind == "error":
+                    outcome.errors[str(event.get("code"))] += 1
+                    break
+
+
+async def load(args: argparse.Namespace, port: int, sessions: list[tuple[str, str]]) -> Outcome:
+    outcome = Outcome()
+    deadline = time.perf_counter() + args.duration
+
+    async def one(i: int, session_id: str, key: str) -> None:
+        try:
+            await browse(port, session_id, key, dialogue(i)[: args.turns], outcome, deadline)
+        except Exception as exc:  # a dropped socket is a result, not a crash of the benchmark
+            outcome.errors[f"{type(exc).__name__}"] += 1
+
+    await asyncio.gather(*(one(i, sid, key) for i, (sid, key) in enumerate(sessions)))
+    return outcome
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ws_load", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--sessions", type=int, default=8, help=f"concurrent (8, max {MAX_SESSIONS})"
+    )
+    parser.add_argument("--turns", type=int, default=2, help="messages per session (2, max 3)")
+    parser.add_argument("--duration", type=float, default=300, help="hard stop after (300 s)")
+    parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
+    parser.add_argument("--worker-threads", type=int, default=4, help="as the demo runs it (4)")
+    parser.add_argument("--items", type=int, default=200, help="catalog size (200)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.sessions <= MAX_SESSIONS or not 1 <= args.turns <= 3:
+        parser.error(f"--sessions must be 1..{MAX_SESSIONS} and --turns 1..3")
+    setup_django()
+    with bench_database(), ExitStack() as stack:
+        logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dar-ws-load-")))
+        catalog = bench_catalog(args.items)
+        port = _free_port()
+        start_services(args, port, logs, stack)
+        # One untimed turn loads the models in the worker.
+        warm = Outcome()
+        (sid, key), *sessions = make_sessions(catalog, args.sessions + 1)
+        asyncio.run(browse(port, sid, key, ["a red mug"], warm, time.perf_counter() + 600))
+        if not warm.done:
+            raise SystemExit(f"the warm-up turn failed: {dict(warm.errors)}; logs in {logs}")
+        start = time.perf_counter()
+        outcome = asyncio.run(load(args, port, sessions))
+        wall = time.perf_counter() - start
+        report(args, outcome, wall, warm.done[0])
+
+
+def report(args: argparse.Namespace, outcome: Outcome, wall: float, warm_s: float) -> None:
+    print(
+        f"websocket load: {args.sessions} sessions x {args.turns} turns over {args.server} + "
+        f"celery (threads x {args.worker_threads}), loopback; warm-up turn {warm_s:.1f} s"
+    )
+    rows = []
+    for name, samples in (
+        ("connect -> state", outcome.connect),
+        ("first (text-only) results", outcome.first),
+        ("final results", outcome.final),
+        ("turn.done", outcome.done),
+    ):
+        s = Summary.of([1000 * x for x in samples])
+        rows.append([name, s.n, s.p50, s.p95, s.mean])
+    print_table("per turn, from sending the message (ms)", ["", "n", "p50", "p95", "mean"], rows)
+    errors = ", ".join(f"{k}: {v}" for k, v in outcome.errors.items()) or "none"
+    print(
+        f"\nturns completed {len(outcome.done)} of {args.sessions * args.turns} in {wall:.1f} s "
+        f"= {len(outcome.done) / wall:.2f} turns/s; errors: {errors}"
+    )
+
+
+if __name__ == "__main__":
+    main()
