@@ -166,6 +166,26 @@ def _turn_details() -> tuple[Any, ...]:
 # --- session list filters --------------------------------------------------------------------
 
 
+class TurnDisplayMixin:
+    """A turn's previews, results, feedback and timings, shown alike inline and on its own page."""
+
+    @admin.display(description="previews")
+    def previews(self, obj: Turn) -> SafeString:
+        return previews_html(obj)
+
+    @admin.display(description="results (final ranking, score)")
+    def results(self, obj: Turn) -> SafeString:
+        return results_html(obj)
+
+    @admin.display(description="feedback")
+    def feedback(self, obj: Turn) -> SafeString:
+        return feedback_html(obj)
+
+    @admin.display(description="stage timings")
+    def stage_timings(self, obj: Turn) -> SafeString:
+        return timings_html(obj.timings)
+
+
 class TurnCountFilter(admin.SimpleListFilter):
     title = "number of turns"
     parameter_name = "turns"
@@ -199,7 +219,7 @@ class OutcomeFilter(admin.SimpleListFilter):
 # --- sessions --------------------------------------------------------------------------------
 
 
-class TurnInline(ReadOnlyMixin, admin.StackedInline):
+class TurnInline(TurnDisplayMixin, ReadOnlyMixin, admin.StackedInline):
     model = Turn
     extra = 0
     can_delete = False
@@ -233,22 +253,6 @@ class TurnInline(ReadOnlyMixin, admin.StackedInline):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
         return super().get_queryset(request).prefetch_related(*_turn_details())
-
-    @admin.display(description="previews")
-    def previews(self, obj: Turn) -> SafeString:
-        return previews_html(obj)
-
-    @admin.display(description="results (final ranking, score)")
-    def results(self, obj: Turn) -> SafeString:
-        return results_html(obj)
-
-    @admin.display(description="feedback")
-    def feedback(self, obj: Turn) -> SafeString:
-        return feedback_html(obj)
-
-    @admin.display(description="stage timings")
-    def stage_timings(self, obj: Turn) -> SafeString:
-        return timings_html(obj.timings)
 
 
 @admin.register(SearchSession)
@@ -422,7 +426,7 @@ def _int_param(request: HttpRequest, name: str, default: int | None) -> int | No
 
 
 @admin.register(Turn)
-class TurnAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class TurnAdmin(TurnDisplayMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("created_at", "session", "index", "status", "short_message", "error_code")
     list_filter = (
         "status",
@@ -482,22 +486,6 @@ class TurnAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="message")
     def short_message(self, obj: Turn) -> str:
         return obj.message[:80]
-
-    @admin.display(description="previews")
-    def previews(self, obj: Turn) -> SafeString:
-        return previews_html(obj)
-
-    @admin.display(description="results (final ranking, score)")
-    def results(self, obj: Turn) -> SafeString:
-        return results_html(obj)
-
-    @admin.display(description="feedback")
-    def feedback(self, obj: Turn) -> SafeString:
-        return feedback_html(obj)
-
-    @admin.display(description="stage timings")
-    def stage_timings(self, obj: Turn) -> SafeString:
-        return timings_html(obj.timings)
 
 
 @admin.register(Feedback)

@@ -120,10 +120,10 @@ def build_llm(tiny: bool, device: str, dtype: Any) -> Any:
 
 def build_sd(tiny: bool, device: str, dtype: Any) -> Any:
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from workers.models.offline import clip_tokenizer, tiny_sd_pipeline, turbo_scheduler
+    from workers.models.offline import tiny_sd_pipeline, turbo_pipeline
 
     if tiny:
         pipe = tiny_sd_pipeline()
@@ -157,16 +157,7 @@ def build_sd(tiny: bool, device: str, dtype: Any) -> Any:
                     projection_dim=512,
                 )
             )
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text,
-            tokenizer=clip_tokenizer(),
-            unet=unet,
-            scheduler=turbo_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = turbo_pipeline(vae, text, unet)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
 

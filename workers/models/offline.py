@@ -121,7 +121,7 @@ def clip_tokenizer() -> Any:
 def tiny_sd_pipeline() -> Any:
     """A Stable Diffusion pipeline with SD-Turbo's structure at toy size and random weights."""
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(SEED)
@@ -163,6 +163,14 @@ def tiny_sd_pipeline() -> Any:
             pad_token_id=49407,
         )
     )
+    return turbo_pipeline(vae, text_encoder, unet)
+
+
+def turbo_pipeline(vae: Any, text_encoder: Any, unet: Any) -> Any:
+    """A Stable Diffusion pipeline of SD-Turbo's kind (CLIP tokenizer, trailing Euler, no safety
+    checker) around the given networks, whatever their size."""
+    from diffusers import StableDiffusionPipeline
+
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
