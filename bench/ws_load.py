@@ -138,7 +138,7 @@ def start_services(args: argparse.Namespace, port: int, logs: Path, stack: ExitS
             "--port",
             str(port),
             "--ws",
-            "websockets",
+            "websockets-sansio",
             "--log-level",
             "warning",
         ]

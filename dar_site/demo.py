@@ -152,7 +152,7 @@ def main() -> None:
             "--port",
             str(port),
             "--ws",
-            "websockets",
+            "websockets-sansio",
             "--log-level",
             "info",
         ],

@@ -52,7 +52,7 @@ class LiveServer:
             application,
             host="127.0.0.1",
             port=port,
-            ws="websockets",
+            ws="websockets-sansio",
             lifespan="off",
             log_level="warning",
         )
