@@ -6,7 +6,6 @@ work from ``services.ingest`` / ``services.embedding`` / ``services.progress``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.db.models import QuerySet
@@ -27,7 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .models import Catalog, CatalogItem, Shop
-from .services import access, embedding, ingest, progress
+from .services import access, embedding, ingest, metadata, progress
 
 # --- Serializers ------------------------------------------------------------------------------
 
@@ -102,15 +101,10 @@ class UploadSerializer(serializers.Serializer):
     )
 
     def validate_attributes(self, value: str) -> dict[str, Any]:
-        if not value.strip():
-            return {}
         try:
-            parsed = json.loads(value)
+            return metadata.parse_attributes(value)
         except ValueError as exc:
-            raise serializers.ValidationError(f"not valid JSON: {exc}") from None
-        if not isinstance(parsed, dict):
-            raise serializers.ValidationError("must be a JSON object")
-        return parsed
+            raise serializers.ValidationError(str(exc)) from None
 
 
 class RejectedSerializer(serializers.Serializer):

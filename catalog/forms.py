@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
+
+from .services import metadata
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -43,13 +44,7 @@ class UploadImagesForm(forms.Form):
     )
 
     def clean_attributes(self) -> dict[str, Any]:
-        raw = self.cleaned_data.get("attributes") or ""
-        if not raw.strip():
-            return {}
         try:
-            value = json.loads(raw)
+            return metadata.parse_attributes(self.cleaned_data.get("attributes") or "")
         except ValueError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise forms.ValidationError("Must be a JSON object.")
-        return value
+            raise forms.ValidationError(str(exc)) from None
