@@ -254,4 +254,6 @@ DAR_SWEEP_INTERVAL = env_int("DAR_SWEEP_INTERVAL", 60, min=5)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-turns": {"task": "search.sweep_stuck_turns", "schedule": DAR_SWEEP_INTERVAL},
 }
+# Gpu workers load every model at start instead of on the first turn (workers/warmup.py).
+DAR_WARM_MODELS = env_bool("DAR_WARM_MODELS", True)
 DAR_MODEL_PROFILE = env_choice("DAR_MODEL_PROFILE", "auto", ["auto", "standard", "offline"])

@@ -11,6 +11,8 @@ os.environ.setdefault("DAR_REDIS_PREFIX", f"dartest:{_tag}")
 os.environ.setdefault("DAR_MODEL_PROFILE", "offline")
 os.environ.setdefault("DJANGO_SECURE_COOKIES", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests load the models they use; preloading all of them in every worker would only cost time.
+os.environ.setdefault("DAR_WARM_MODELS", "0")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from .settings import *  # noqa: E402,F403

@@ -11,3 +11,4 @@ class WorkersConfig(AppConfig):
         # Load our Celery app at Django startup so @shared_task binds to it (and its settings)
         # in every process that sends tasks, not only in `celery worker`.
         import dar_site.celery  # noqa: F401
+        import workers.warmup  # noqa: F401  (connects the worker_ready handler)
