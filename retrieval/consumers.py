@@ -12,7 +12,9 @@ so the page can tell it apart from a dropped connection and stop reconnecting.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -23,6 +25,12 @@ from retrieval.services import access, events, feedback, payloads, turns
 from retrieval.services.errors import SearchError
 
 CLOSE_CODES = {"forbidden": 4403, "not_found": 4404}
+# Joining the session's group needs Redis. Right after a Redis restart a pooled connection can
+# hang instead of failing; closing with 1011 after this long makes the page reconnect (on a fresh
+# connection) instead of sitting on a socket that will never receive events.
+GROUP_JOIN_TIMEOUT = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class SearchConsumer(AsyncWebsocketConsumer):
@@ -41,8 +49,16 @@ class SearchConsumer(AsyncWebsocketConsumer):
             await self._send(error.as_event())
             await self.close(code=CLOSE_CODES.get(error.code, 4400))
             return
-        self.group = events.group_name(self.session.pk)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        group = events.group_name(self.session.pk)
+        try:
+            await asyncio.wait_for(
+                self.channel_layer.group_add(group, self.channel_name), GROUP_JOIN_TIMEOUT
+            )
+        except TimeoutError:
+            log.warning("channel layer did not answer joining %s; closing for a retry", group)
+            await self.close(code=1011)
+            return
+        self.group = group
         await self._send_state()
 
     async def disconnect(self, code: int) -> None:

@@ -513,7 +513,12 @@ async def _reconnect(
             output = await _app_output(page)
         except (redis.ConnectionError, redis.TimeoutError):
             continue  # the consumer failed; the server would close the socket with 1011
-        assert output is not None and output["type"] == "websocket.send", output
+        if output is None or output["type"] == "websocket.close":
+            # A join that met a stale pooled connection: closed (1011) or still waiting; the
+            # page retries, as search.js does when its socket closes.
+            await page.disconnect()
+            continue
+        assert output["type"] == "websocket.send", output
         state = json.loads(output["text"])
         assert state["type"] == "state"
         return page, state
