@@ -2,17 +2,19 @@
 # Both bootstrap what they need: a .venv with the packages, the offline models, and the
 # embedded PostgreSQL+pgvector and Redis (when DATABASE_URL / REDIS_URL are unset).
 
-PYTHON ?= python3.11
+# Python 3.11 (Django 5.2 LTS; torch builds pinned for it): python3.11, else python3 if it is 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv clean-run
+.PHONY: demo test lint venv clean-run
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null \
+		|| { echo "needs Python 3.11 (found: $(PYTHON)); set PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet ".[dev]"
