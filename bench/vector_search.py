@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -165,32 +164,23 @@ def item_ids(catalog_id: int) -> np.ndarray:
         return np.array([row[0] for row in cursor.fetchall()], dtype=np.int64)
 
 
-def _graph_options(cfg: Config) -> str:
-    return f"WITH (m = {int(cfg.m)}, ef_construction = {int(cfg.ef_construction)})"
-
-
 def build_index(cfg: Config) -> tuple[float | None, str]:
     """Build the HNSW index through ``ensure_index``; None when a kept index was reused.
 
-    ``--m``/``--ef-construction`` other than pgvector's defaults are injected into the DDL that
-    ``ensure_index`` issues (same expression and predicate), to try graph parameters.
+    ``--m``/``--ef-construction`` reach ``ensure_index`` as the DAR_HNSW_* settings, so the
+    index is the one the product builds with those settings.
     """
     from django.db import connection
+    from django.test import override_settings
 
     from catalog.services import vectors
 
     name = vectors.index_name(SPACE, cfg.model_name, cfg.dim)
-    custom = (cfg.m, cfg.ef_construction) != (16, 64)
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [name])
         row = cursor.fetchone()
         if row:
-            built_custom = "ef_construction" in row[0]
-            same = (
-                f"m='{cfg.m}'" in row[0] and f"ef_construction='{cfg.ef_construction}'" in row[0]
-                if custom
-                else not built_custom
-            )
+            same = f"m='{cfg.m}'" in row[0] and f"ef_construction='{cfg.ef_construction}'" in row[0]
             if same:
                 return None, name
             cursor.execute(f"DROP INDEX {name}")  # kept data, other graph parameters
@@ -198,13 +188,8 @@ def build_index(cfg: Config) -> tuple[float | None, str]:
         cursor.execute("SET maintenance_work_mem = %s", [cfg.build_mem])
         cursor.execute("SET max_parallel_maintenance_workers = %s", [cfg.build_workers])
 
-    def with_options(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if custom and sql.startswith("CREATE INDEX"):
-            sql = sql.replace(" WHERE ", f" {_graph_options(cfg)} WHERE ", 1)
-        return execute(sql, params, many, context)
-
     start = time.perf_counter()
-    with connection.execute_wrapper(with_options):
+    with override_settings(DAR_HNSW_M=cfg.m, DAR_HNSW_EF_CONSTRUCTION=cfg.ef_construction):
         vectors.ensure_index(SPACE, cfg.model_name, cfg.dim)
     elapsed = time.perf_counter() - start
     with connection.cursor() as cursor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from django.db import connection
+from django.test import override_settings
 
 from catalog.models import ItemEmbedding
 from catalog.services import vectors
@@ -63,3 +64,17 @@ def test_store_is_idempotent_and_creates_the_hnsw_index() -> None:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [name])
         (indexdef,) = cursor.fetchone()
     assert "hnsw" in indexdef and "vector_ip_ops" in indexdef
+
+
+def test_index_uses_the_configured_graph_parameters() -> None:
+    catalog = CatalogFactory.create()
+    item = CatalogItemFactory.create(catalog=catalog)
+    with override_settings(DAR_HNSW_M=24, DAR_HNSW_EF_CONSTRUCTION=80):
+        vectors.store("image", "enc-graph", [(item.id, catalog.id, np.ones(4, np.float32) / 2)])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+            [vectors.index_name("image", "enc-graph", 4)],
+        )
+        (indexdef,) = cursor.fetchone()
+    assert "m='24'" in indexdef and "ef_construction='80'" in indexdef

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.db import connection, transaction
 
 from catalog.models import ItemEmbedding
@@ -44,9 +45,12 @@ def ensure_index(space: str, model_name: str, dim: int) -> str:
             return name  # Skip CREATE INDEX: even IF NOT EXISTS takes a lock on the table.
         # Deferred foreign-key checks queued in this transaction would block CREATE INDEX.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        # Graph parameters apply when an index is built; changing them needs a rebuild (drop it).
         cursor.execute(
             f"CREATE INDEX IF NOT EXISTS {name} ON {_TABLE} "
             f"USING hnsw ((vector::vector({int(dim)})) vector_ip_ops) "
+            f"WITH (m = {int(settings.DAR_HNSW_M)}, "
+            f"ef_construction = {int(settings.DAR_HNSW_EF_CONSTRUCTION)}) "
             f"WHERE space = %s AND model_name = %s AND dim = {int(dim)}",
             [space, model_name],
         )
