@@ -86,7 +86,7 @@ def _wait_http(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
 
 
 def start_services(args: argparse.Namespace, port: int, logs: Path, stack: ExitStack) -> None:
-    from django.conf import settings
+    from dar_site.processes import web_command, worker_command
 
     # Every simulated browser talks from 127.0.0.1, so the per-address limit would be the first
     # thing measured; real shoppers come from many addresses.
@@ -94,31 +94,13 @@ def start_services(args: argparse.Namespace, port: int, logs: Path, stack: ExitS
         DAR_RATE_LIMIT_ADDRESS_TURNS=str(10 * args.sessions * args.turns),
         DAR_LOG_LEVEL="WARNING",
     )
-    python = sys.executable
     worker = _spawn(
-        [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "dar_site",
-            "worker",
-            "--loglevel",
-            "WARNING",
-            "--pool",
-            "threads",
-            "--concurrency",
-            str(args.worker_threads),
-            "--queues",
-            f"{settings.CELERY_GPU_QUEUE},{settings.CELERY_DEFAULT_QUEUE}",
-        ],
-        env,
-        logs / "worker.log",
+        worker_command(threads=args.worker_threads, loglevel="WARNING"), env, logs / "worker.log"
     )
     stack.callback(_stop, worker)
     if args.server == "daphne":
         command = [
-            python,
+            sys.executable,
             "-m",
             "daphne",
             "-b",
@@ -128,20 +110,7 @@ def start_services(args: argparse.Namespace, port: int, logs: Path, stack: ExitS
             "dar_site.asgi:application",
         ]
     else:
-        command = [
-            python,
-            "-m",
-            "uvicorn",
-            "dar_site.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            "websockets-sansio",
-            "--log-level",
-            "warning",
-        ]
+        command = web_command(port=port, loglevel="warning")
     web = _spawn(command, env, logs / "web.log")
     stack.callback(_stop, web)
     _wait_http(port, web, logs / "web.log")

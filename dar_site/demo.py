@@ -13,12 +13,12 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import FrameType
 
 from dar_site.env import env_int
+from dar_site.processes import web_command, worker_command
 
 CHILDREN: list[subprocess.Popen[bytes]] = []
 
@@ -113,52 +113,12 @@ def main() -> None:
 
     # Children talk to the servers this process holds, instead of managing their own.
     env = dict(os.environ, DATABASE_URL=settings.DATABASE_URL, REDIS_URL=settings.REDIS_URL)
-    python = sys.executable
     worker_log = logs / "worker.log"
     worker = _spawn(
-        [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "dar_site",
-            "worker",
-            "--loglevel",
-            "INFO",
-            # Beat inside the worker: it runs the sweeper for turns stuck past their limit.
-            "-B",
-            "--schedule",
-            str(run_dir / "celerybeat-schedule"),
-            "--pool",
-            "threads",
-            "--concurrency",
-            "4",
-            "--queues",
-            f"{settings.CELERY_GPU_QUEUE},{settings.CELERY_DEFAULT_QUEUE}",
-        ],
-        env,
-        worker_log,
+        worker_command(threads=4, beat_schedule=run_dir / "celerybeat-schedule"), env, worker_log
     )
     port = _port(env_int("DAR_DEMO_PORT", 8000, min=1, max=65535))
-    web_log = logs / "web.log"
-    _spawn(
-        [
-            python,
-            "-m",
-            "uvicorn",
-            "dar_site.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            "websockets-sansio",
-            "--log-level",
-            "info",
-        ],
-        env,
-        web_log,
-    )
+    _spawn(web_command(port=port), env, logs / "web.log")
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
