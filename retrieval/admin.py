@@ -255,6 +255,28 @@ class TurnInline(TurnDisplayMixin, ReadOnlyMixin, admin.StackedInline):
         return super().get_queryset(request).prefetch_related(*_turn_details())
 
 
+def _export_action(
+    what: exports.Kind, fmt: exports.Format, description: str
+) -> Callable[..., StreamingHttpResponse]:
+    def action(
+        modeladmin: admin.ModelAdmin[SearchSession],
+        request: HttpRequest,
+        queryset: QuerySet[SearchSession],
+    ) -> StreamingHttpResponse:
+        return exports.export_response(queryset, what, fmt)
+
+    action.__name__ = f"export_{what}_{fmt}"  # the action's name in the admin's POST
+    return admin.action(description=description)(action)
+
+
+EXPORT_ACTIONS = (
+    _export_action("sessions", "csv", "Export selected sessions (CSV)"),
+    _export_action("sessions", "json", "Export selected sessions (JSON)"),
+    _export_action("turns", "csv", "Export turns of selected sessions (CSV)"),
+    _export_action("turns", "json", "Export turns of selected sessions (JSON)"),
+)
+
+
 @admin.register(SearchSession)
 class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
@@ -279,12 +301,8 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     fields = ("id", "catalog", "user", "created_at", "updated_at")
     readonly_fields = fields
     inlines = (TurnInline,)
-    actions = (
-        "export_sessions_csv",
-        "export_sessions_json",
-        "export_turns_csv",
-        "export_turns_json",
-    )
+    # Exports of the selected sessions (the action bar offers "select all N" for a filtered list).
+    actions = EXPORT_ACTIONS
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SearchSession]:
         first = Prefetch("turns", queryset=Turn.objects.filter(index=0), to_attr="first_turns")
@@ -315,32 +333,6 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="liked a result", boolean=True, ordering="liked")
     def liked_result(self, obj: SearchSession) -> bool:
         return bool(obj.liked)  # type: ignore[attr-defined]
-
-    # Exports of the selected sessions (the action bar offers "select all N" for a filtered list).
-
-    @admin.action(description="Export selected sessions (CSV)")
-    def export_sessions_csv(
-        self, request: HttpRequest, queryset: QuerySet[SearchSession]
-    ) -> StreamingHttpResponse:
-        return exports.export_response(queryset, "sessions", "csv")
-
-    @admin.action(description="Export selected sessions (JSON)")
-    def export_sessions_json(
-        self, request: HttpRequest, queryset: QuerySet[SearchSession]
-    ) -> StreamingHttpResponse:
-        return exports.export_response(queryset, "sessions", "json")
-
-    @admin.action(description="Export turns of selected sessions (CSV)")
-    def export_turns_csv(
-        self, request: HttpRequest, queryset: QuerySet[SearchSession]
-    ) -> StreamingHttpResponse:
-        return exports.export_response(queryset, "turns", "csv")
-
-    @admin.action(description="Export turns of selected sessions (JSON)")
-    def export_turns_json(
-        self, request: HttpRequest, queryset: QuerySet[SearchSession]
-    ) -> StreamingHttpResponse:
-        return exports.export_response(queryset, "turns", "json")
 
     # Extra pages: the dashboard and exports of the whole filtered list.
 
