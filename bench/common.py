@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -81,6 +83,45 @@ def child_env(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A product process (worker, server) of the benchmark, writing to ``log``."""
+    handle = log.open("wb")
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def wait_for_worker(
+    name: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120
+) -> None:
+    """Until the Celery worker ``name`` (as in ``--hostname name@%h``) answers a ping."""
+    from dar_site.celery import app
+
+    node = f"{name}@{socket.gethostname()}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the {name} worker exited; see {log}")
+        if app.control.ping(destination=[node], timeout=1.0):
+            return
+    raise SystemExit(f"the {name} worker did not answer in {timeout:.0f} s; see {log}")
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 
@@ -169,33 +171,88 @@ def instrumented(meter: Meter, functions: list[tuple[Any, str, str]]) -> Iterato
 
 @contextmanager
 def celery_worker(concurrency: int = 1) -> Iterator[Any]:
-    """A real Celery worker consuming this run's queues, in threads of this process (so that the
-    benchmark can time the calls it makes)."""
+    """A real Celery worker consuming this run's gpu and default queues, in threads of this
+    process (so that the benchmark can time the calls it makes)."""
     from celery.contrib.testing.worker import start_worker
     from django.conf import settings
 
     from dar_site.celery import app
 
-    with start_worker(
-        app,
-        pool="threads",
-        concurrency=concurrency,
-        queues=[settings.CELERY_GPU_QUEUE, settings.CELERY_DEFAULT_QUEUE],
-        perform_ping_check=False,
-        shutdown_timeout=60,
-    ) as worker:
+    with (
+        closing_thread_connections(),
+        start_worker(
+            app,
+            pool="threads",
+            concurrency=concurrency,
+            queues=[settings.CELERY_GPU_QUEUE, settings.CELERY_DEFAULT_QUEUE],
+            hostname=f"gpu-{os.getpid()}@bench",
+            perform_ping_check=False,
+            shutdown_timeout=60,
+        ) as worker,
+    ):
         yield worker
 
 
+@contextmanager
+def interactive_worker(logs: Path, threads: int = 2) -> Iterator[None]:
+    """The interactive worker (a turn's text stage) as its own process, as an instance runs it.
+
+    Not in this process: its work would then compete with the gpu worker's threads for the
+    interpreter lock, which separate processes never do.
+    """
+    from bench.common import child_env, spawn, stop, wait_for_worker
+    from dar_site.processes import interactive_worker_command
+
+    log = logs / "interactive.log"
+    command = interactive_worker_command(threads=threads, loglevel="WARNING")
+    proc = spawn(command, child_env(DAR_LOG_LEVEL="WARNING"), log)
+    try:
+        wait_for_worker("interactive", proc, log)
+        yield
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def closing_thread_connections() -> Iterator[None]:
+    """Close, at the end, the database connections other threads opened meanwhile: workers keep
+    theirs from task to task (CELERY_DB_REUSE_MAX), and the bench database must be dropped."""
+    from django.db.backends.signals import connection_created
+
+    here = threading.get_ident()
+    opened: list[Any] = []
+
+    def track(connection: Any, **_: Any) -> None:
+        if threading.get_ident() != here:
+            opened.append(connection)
+
+    connection_created.connect(track, weak=False)
+    try:
+        yield
+    finally:
+        connection_created.disconnect(track)
+        for conn in opened:
+            conn.inc_thread_sharing()  # its thread is done with it
+            try:
+                conn.close()
+            finally:
+                conn.dec_thread_sharing()
+
+
 class EventTap:
-    """Receives a search session's websocket events from the channel layer, with arrival times."""
+    """Receives a search session's websocket events from the channel layer, with arrival times.
+
+    A receive is never cancelled while events may arrive (only at the end): channels_redis can
+    lose a message whose blocking pop is cancelled just as it returns.
+    """
 
     def __init__(self, group: str) -> None:
         self.group = group
         self.events: list[tuple[float, dict[str, Any]]] = []
         self._cond = threading.Condition()
         self._ready = threading.Event()
-        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
 
     def __enter__(self) -> EventTap:
@@ -205,25 +262,29 @@ class EventTap:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(20)
 
     async def _listen(self) -> None:
-        from channels.layers import get_channel_layer
+        from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 
-        layer = get_channel_layer()
-        assert layer is not None
+        # A layer of its own: channels_redis lets one event loop receive per layer object.
+        layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
         channel = await layer.new_channel()
         await layer.group_add(self.group, channel)
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self._ready.set()
+        stopping = asyncio.ensure_future(self._stop.wait())
         try:
-            while not self._stop.is_set():
-                try:
-                    message = await asyncio.wait_for(layer.receive(channel), timeout=0.5)
-                except TimeoutError:
-                    continue
+            while True:
+                receiving = asyncio.ensure_future(layer.receive(channel))
+                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not receiving.done():
+                    receiving.cancel()
+                    break
                 with self._cond:
-                    self.events.append((time.perf_counter(), message["event"]))
+                    self.events.append((time.perf_counter(), receiving.result()["event"]))
                     self._cond.notify_all()
         finally:
             await layer.group_discard(self.group, channel)

@@ -4,23 +4,32 @@
     python -m bench.turn_latency --turns 60
 
 Each turn goes the real way: ``turns.submit_message`` (what the websocket consumer calls) stores it
-and queues ``gpu.run_turn`` through Redis; a real Celery worker (threads of this process, so its
-calls can be timed) runs the pipeline; the events come back through the channel layer. Model calls
-are timed where the registry hands the models out; SQL on every connection; the channel layer where
-``events.emit`` sends. Overhead = end-to-end time (submit -> ``turn.done`` received) minus model
-compute: queueing, database, channel layer, preview files, Python.
+and queues its two tasks through Redis, the text stage (``interactive.turn_text``) and the rest
+(``gpu.run_turn``); real Celery workers (threads of this process, so their calls can be timed), one
+per queue as an instance runs them, do the work; the events come back through the channel layer.
+Model calls are timed where the registry hands the models out; SQL on every connection; the channel
+layer where ``events.emit`` sends. Overhead = end-to-end time (submit -> ``turn.done`` received)
+minus model compute: queueing, database, channel layer, preview files, Python.
+
+The gpu worker runs in threads of this process (so its calls can be timed); the interactive
+worker, which does the text stage beside the gpu task and off the path to ``turn.done``, runs as
+its own process, as deployed (in this one it would compete with the gpu worker for the interpreter
+lock). Its share is seen from outside: "to provisional results", and "stage text" (the time it
+records in the turn's timings).
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.common import Summary, bench_database, print_table, setup_django
 from bench.fixtures import bench_catalog, dialogue
-from bench.instrument import EventTap, Meter, celery_worker, instrumented
+from bench.instrument import EventTap, Meter, celery_worker, instrumented, interactive_worker
 
 TARGET_OVERHEAD_MS = 20.0
 
@@ -108,7 +117,12 @@ def run(args: argparse.Namespace) -> None:
         (pipeline._TurnRun, "_save_previews", "preview files"),
     ]
     rows: list[dict[str, Any]] = []
-    with celery_worker(concurrency=2), instrumented(meter, spans):
+    with (
+        tempfile.TemporaryDirectory(prefix="dar-turn-latency-") as logs,
+        interactive_worker(Path(logs)),
+        celery_worker(concurrency=2),
+        instrumented(meter, spans),
+    ):
         for i in range(args.warmup + args.turns):
             session = SearchSession.objects.create(catalog=catalog, session_key=f"bench{i}")
             with EventTap(events.group_name(session.pk)) as tap:

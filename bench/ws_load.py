@@ -4,7 +4,8 @@
     python -m bench.ws_load --sessions 16 --turns 3 --server daphne
 
 Runs the product as the demo does, in subprocesses on loopback: uvicorn (or daphne) serving
-``dar_site.asgi:application`` and ``celery worker --pool threads``, offline models, bench database.
+``dar_site.asgi:application``, the gpu worker and the interactive worker (``celery worker --pool
+threads``, dar_site/processes.py), offline models, bench database.
 Every session is a browser: a Django session cookie, the page's Origin, ``/ws/search/<id>/``; it
 sends its messages one after another, each when the previous turn is done. Reported per turn:
 time to the first (text-only) results, to the final (fused) results and to ``turn.done``; errors;
@@ -29,7 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import Summary, bench_database, child_env, print_table, setup_django
+from bench.common import (
+    Summary,
+    bench_database,
+    child_env,
+    print_table,
+    setup_django,
+    spawn,
+    stop,
+    wait_for_worker,
+)
 from bench.fixtures import bench_catalog, dialogue
 
 MAX_SESSIONS = 64  # loopback only, and a 2-core machine: keep the load bounded
@@ -38,6 +48,7 @@ MAX_SESSIONS = 64  # loopback only, and a 2-core machine: keep the load bounded
 @dataclass
 class Outcome:
     connect: list[float] = field(default_factory=list)
+    accepted: list[float] = field(default_factory=list)
     first: list[float] = field(default_factory=list)
     final: list[float] = field(default_factory=list)
     done: list[float] = field(default_factory=list)
@@ -48,28 +59,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    return subprocess.Popen(
-        command,
-        env=env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def _wait_http(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
@@ -86,7 +75,7 @@ def _wait_http(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
 
 
 def start_services(args: argparse.Namespace, port: int, logs: Path, stack: ExitStack) -> None:
-    from dar_site.processes import web_command, worker_command
+    from dar_site.processes import interactive_worker_command, web_command, worker_command
 
     # Every simulated browser talks from 127.0.0.1, so the per-address limit would be the first
     # thing measured; real shoppers come from many addresses.
@@ -94,10 +83,16 @@ def start_services(args: argparse.Namespace, port: int, logs: Path, stack: ExitS
         DAR_RATE_LIMIT_ADDRESS_TURNS=str(10 * args.sessions * args.turns),
         DAR_LOG_LEVEL="WARNING",
     )
-    worker = _spawn(
-        worker_command(threads=args.worker_threads, loglevel="WARNING"), env, logs / "worker.log"
-    )
-    stack.callback(_stop, worker)
+    workers = [("gpu", worker_command(threads=args.worker_threads, loglevel="WARNING"))]
+    if args.interactive_threads:
+        # As `make demo` runs it: the turns' text stage on a worker of its own.
+        command = interactive_worker_command(threads=args.interactive_threads, loglevel="WARNING")
+        workers.append(("interactive", command))
+    for name, command in workers:
+        log = logs / f"{name}.log"
+        worker = spawn(command, env, log)
+        stack.callback(stop, worker)
+        wait_for_worker(name, worker, log)
     if args.server == "daphne":
         command = [
             sys.executable,
@@ -111,8 +106,8 @@ def start_services(args: argparse.Namespace, port: int, logs: Path, stack: ExitS
         ]
     else:
         command = web_command(port=port, loglevel="warning")
-    web = _spawn(command, env, logs / "web.log")
-    stack.callback(_stop, web)
+    web = spawn(command, env, logs / "web.log")
+    stack.callback(stop, web)
     _wait_http(port, web, logs / "web.log")
 
 
@@ -165,7 +160,9 @@ async def browse(
                     continue
                 elapsed = time.perf_counter() - sent
                 kind = event.get("type")
-                if kind == "results":
+                if kind == "turn.accepted":
+                    outcome.accepted.append(elapsed)
+                elif kind == "results":
                     (outcome.final if event.get("final") else outcome.first).append(elapsed)
                 elif kind == "turn.done":
                     outcome.done.append(elapsed)
@@ -199,7 +196,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=2, help="messages per session (2, max 3)")
     parser.add_argument("--duration", type=float, default=300, help="hard stop after (300 s)")
     parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
-    parser.add_argument("--worker-threads", type=int, default=4, help="as the demo runs it (4)")
+    parser.add_argument(
+        "--worker-threads", type=int, default=4, help="gpu worker, as the demo runs it (4)"
+    )
+    parser.add_argument(
+        "--interactive-threads",
+        type=int,
+        default=4,
+        help="interactive worker (the turns' text stage), as the demo runs it (4); 0: none, "
+        "the gpu worker then ranks by text itself, just before its final ranking",
+    )
     parser.add_argument("--items", type=int, default=200, help="catalog size (200)")
     args = parser.parse_args(argv)
     if not 1 <= args.sessions <= MAX_SESSIONS or not 1 <= args.turns <= 3:
@@ -222,19 +228,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         report(args, outcome, wall, warm.done[0])
 
 
+def stored_timings(skip: int) -> dict[str, list[float]]:
+    """Stage times the turns recorded themselves (``Turn.timings``), after the first ``skip``
+    turns (the warm-up): where the text stage's part of "first results" went."""
+    from retrieval.models import Turn
+
+    done = Turn.objects.filter(status=Turn.Status.DONE).order_by("created_at")[skip:]
+    timings = [turn.timings for turn in done]
+    return {
+        f"  stage {key} (turn.timings)": [float(t[key]) for t in timings if key in t]
+        for key in ("text", "queued")
+    }
+
+
 def report(args: argparse.Namespace, outcome: Outcome, wall: float, warm_s: float) -> None:
     print(
         f"websocket load: {args.sessions} sessions x {args.turns} turns over {args.server} + "
-        f"celery (threads x {args.worker_threads}), loopback; warm-up turn {warm_s:.1f} s"
+        f"celery gpu worker (threads x {args.worker_threads}) + interactive worker (threads x "
+        f"{args.interactive_threads}), loopback; warm-up turn {warm_s:.1f} s"
     )
     rows = []
     for name, samples in (
         ("connect -> state", outcome.connect),
+        ("turn.accepted", outcome.accepted),
         ("first (text-only) results", outcome.first),
         ("final results", outcome.final),
         ("turn.done", outcome.done),
     ):
         s = Summary.of([1000 * x for x in samples])
+        rows.append([name, s.n, s.p50, s.p95, s.mean])
+    for name, samples in stored_timings(skip=1).items():
+        s = Summary.of(samples)
         rows.append([name, s.n, s.p50, s.p95, s.mean])
     print_table("per turn, from sending the message (ms)", ["", "n", "p50", "p95", "mean"], rows)
     errors = ", ".join(f"{k}: {v}" for k, v in outcome.errors.items()) or "none"

@@ -2,8 +2,9 @@
 
 Starts (or attaches to) the embedded PostgreSQL+pgvector and Redis unless DATABASE_URL/REDIS_URL
 are set, migrates, builds the offline models if the profile needs them, loads the demo catalog,
-starts a Celery worker and the ASGI server, waits for the catalog's embeddings and prints the
-search page's URL. Ctrl-C stops everything it started.
+starts the Celery workers (the gpu worker, with beat, and the interactive worker for the turns'
+text stage) and the ASGI server, waits for the catalog's embeddings and prints the search page's
+URL. Ctrl-C stops everything it started.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from dar_site.env import env_int
-from dar_site.processes import web_command, worker_command
+from dar_site.processes import interactive_worker_command, web_command, worker_command
 
 CHILDREN: list[subprocess.Popen[bytes]] = []
 
@@ -117,6 +118,9 @@ def main() -> None:
     worker = _spawn(
         worker_command(threads=4, beat_schedule=run_dir / "celerybeat-schedule"), env, worker_log
     )
+    # A turn's text stage (first results) has a worker of its own: it holds only the encoder and
+    # never waits behind another session's LLM work.
+    _spawn(interactive_worker_command(threads=4), env, logs / "interactive.log")
     port = _port(env_int("DAR_DEMO_PORT", 8000, min=1, max=65535))
     _spawn(web_command(port=port), env, logs / "web.log")
     signal.signal(signal.SIGTERM, _on_signal)

@@ -48,8 +48,49 @@ def postgres_url(data_dir: Path, database: str = "postgres") -> str:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     log.info("using embedded PostgreSQL in %s", data_dir)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    with _file_lock(data_dir.parent / f".{data_dir.name}.lock"):
+        fresh = not (data_dir / "PG_VERSION").exists()
+        if not fresh:
+            _write_tuning(data_dir)  # read if this call is the one that starts the server
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        if fresh:
+            # initdb has just run and the server started on PostgreSQL's stock settings (128 MB
+            # of shared buffers); nobody else can be attached yet (this lock), so restart it once.
+            _write_tuning(data_dir)
+            server._cleanup()  # pgserver's own "last handle gone": stops the server
+            server = pgserver.get_server(data_dir, cleanup_mode="stop")
     return str(server.get_uri(database))
+
+
+TUNING_FILE = "dar-tuning.conf"
+
+
+def tuning() -> dict[str, str]:
+    """Server settings for the embedded PostgreSQL, from the environment.
+
+    The stock 128 MB of shared buffers holds under a tenth of a 1M-vector HNSW index (2.6 GB at
+    512 dimensions), so searches read pages through the kernel on every hop.
+    """
+    from .env import env_pg_size
+
+    return {
+        "shared_buffers": env_pg_size("DAR_PG_SHARED_BUFFERS", "1GB"),
+        "effective_cache_size": env_pg_size("DAR_PG_EFFECTIVE_CACHE_SIZE", "4GB"),
+    }
+
+
+def _write_tuning(data_dir: Path) -> None:
+    """Write ``dar-tuning.conf`` and include it from postgresql.conf (once); applies at start."""
+    body = "# Written by dar_site/embedded.py from DAR_PG_* settings; edits are overwritten.\n"
+    body += "".join(f"{key} = '{value}'\n" for key, value in tuning().items())
+    path = data_dir / TUNING_FILE
+    if not path.exists() or path.read_text() != body:
+        path.write_text(body)
+    conf = data_dir / "postgresql.conf"
+    include = f"include_if_exists = '{TUNING_FILE}'"
+    if include not in conf.read_text():
+        with conf.open("a") as handle:
+            handle.write(f"\n{include}\n")
 
 
 def _ping(port: int) -> bool:

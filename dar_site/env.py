@@ -99,6 +99,15 @@ def env_path(name: str, default: Path) -> Path:
     return default if value is None else Path(value).expanduser()
 
 
+def env_pg_size(name: str, default: str) -> str:
+    """A PostgreSQL memory size such as ``512MB`` or ``2GB`` (units spelt as PostgreSQL does)."""
+    value = env_str(name, default)
+    digits = value[:-2]
+    if not (digits.isdigit() and value[-2:] in ("kB", "MB", "GB", "TB")):
+        raise EnvError(f"{name}={value!r} is not a PostgreSQL size (write it like 512MB or 2GB)")
+    return value
+
+
 def _check_range(name: str, number: float, low: float | None, high: float | None) -> None:
     if low is not None and number < low:
         raise EnvError(f"{name}={number} is below the minimum {low}")

@@ -3,13 +3,26 @@
 
 Builds the product's architectures without downloading weights (open_clip ViT-B-32, a
 Qwen2.5-1.5B-sized causal LM, an SD-Turbo-sized UNet/VAE/text encoder) and times, per turn:
-text encode -> text-first search over N catalogue vectors -> LLM generate (48 tokens, static KV
-cache) -> one 1-step image -> encode the image -> fused search. Random weights cost the same
-FLOPs as trained ones, so the timings hold for real checkpoints.
+text encode -> text-first search over N catalogue vectors -> LLM decode (48 tokens) -> one 1-step
+image -> encode the image -> fused search. Random weights cost the same FLOPs as trained ones, so
+the timings hold for real checkpoints.
 
-    python scripts/gpu_turn.py                       # CUDA, 1M items, p50/p95 over 20 turns
-    python scripts/gpu_turn.py --sessions 8          # plus 8 sessions batched per forward pass
-    python scripts/gpu_turn.py --tiny --device cpu   # toy sizes: a smoke test anywhere
+Two variants are compared (``--variants``):
+
+* ``generate``: transformers ``generate`` with a static KV cache (which transformers compiles on
+  CUDA by itself) and SD-Turbo's own VAE decoder;
+* ``fast``: the product's ``GreedyDecoder`` (one compiled decode step replayed as a CUDA graph,
+  stop checks every 8 tokens) and the tiny VAE decoder (TAESD architecture, ``DAR_GENERATOR_VAE``);
+* ``fast+compile``: ``fast`` with the UNet and the pipeline's text encoder compiled
+  (``torch.compile`` mode ``reduce-overhead``).
+
+Batched runs (``--sessions``) use the first variant and put N sessions' work into each forward
+pass, as the GPU worker's micro-batchers do; they report throughput and the latency bound a
+session sees.
+
+    python scripts/gpu_turn.py                               # CUDA, 1M items
+    python scripts/gpu_turn.py --sessions 16 32 --json out.json
+    python scripts/gpu_turn.py --tiny --device cpu           # toy sizes: a smoke test anywhere
 """
 
 from __future__ import annotations
@@ -51,8 +64,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--prompt-tokens", type=int, default=256, help="LLM prompt length")
     p.add_argument("--size", type=int, default=None, help="image side (512; tiny 64)")
-    p.add_argument("--sessions", type=int, default=1, help="also run N sessions batched")
-    p.add_argument("--no-static-cache", action="store_true", help="dynamic KV cache instead")
+    p.add_argument(
+        "--sessions", type=int, nargs="*", default=[], help="also run N sessions batched (fast)"
+    )
+    p.add_argument(
+        "--variants",
+        default="fast,generate",
+        help="comma-separated: generate, fast, fast+compile (fast with the UNet and its text "
+        "encoder compiled); batched runs use the first",
+    )
+    p.add_argument("--long-tokens", type=int, default=160, help="also time an LLM answer this long")
+    p.add_argument("--budget-s", type=float, default=None, help="start no new run after this")
+    p.add_argument("--json", type=Path, default=None, help="write all figures here as they come")
+    p.add_argument(
+        "--estimate-from",
+        type=Path,
+        default=None,
+        help="no timing: estimate latency under load from a JSON this script wrote",
+    )
+    p.add_argument("--rates", type=float, nargs="*", default=[40, 50, 60], help="turns/s offered")
     return p.parse_args(argv)
 
 
@@ -168,10 +198,20 @@ class Turn:
     def __init__(self, args: argparse.Namespace, device: str, dtype: Any) -> None:
         import torch
 
-        self.args, self.device = args, device
+        from workers.models.decoding import GreedyDecoder
+
+        self.args, self.device, self.dtype = args, device, dtype
         self.clip, self.tokenizer = build_clip(args.tiny, device, dtype)
         self.llm = build_llm(args.tiny, device, dtype)
         self.pipe = build_sd(args.tiny, device, dtype)
+        self.full_vae = self.pipe.vae
+        self.tiny_vae = build_tiny_vae(device, dtype)
+        self.unet = self.pipe.unet
+        self.text_encoder = self.pipe.text_encoder
+        self.compiled: tuple[Any, Any] | None = None
+        longest = max(args.new_tokens, args.long_tokens)
+        cuda = device.startswith("cuda")
+        self.decoder = GreedyDecoder(self.llm, args.prompt_tokens + longest, compile=cuda)
         dim = int(self.clip.text_projection.shape[1])
         gen = torch.Generator(device=device).manual_seed(0)
         items = torch.randn(args.items, dim, device=device, generator=gen)
@@ -179,6 +219,23 @@ class Turn:
         self.image_size = int(self.clip.visual.image_size[0])
         self.mean = torch.tensor((0.48145466, 0.4578275, 0.40821073), device=device)
         self.std = torch.tensor((0.26862954, 0.26130258, 0.27577711), device=device)
+        self.variant = "generate"
+
+    def use(self, variant: str) -> None:
+        import torch
+
+        self.variant = variant
+        fast = variant.startswith("fast")
+        self.pipe.vae = self.tiny_vae if fast else self.full_vae
+        unet, text_encoder = self.unet, self.text_encoder
+        if variant == "fast+compile":
+            if self.compiled is None:
+                self.compiled = (
+                    torch.compile(self.unet, mode="reduce-overhead"),
+                    torch.compile(self.text_encoder, mode="reduce-overhead"),
+                )
+            unet, text_encoder = self.compiled
+        self.pipe.unet, self.pipe.text_encoder = unet, text_encoder
 
     def search(self, queries: Any) -> Any:
         scores = queries.to(self.items.dtype) @ self.items.T  # (sessions, N)
@@ -191,24 +248,29 @@ class Turn:
         with torch.inference_mode():
             return torch.nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
 
-    def generate_text(self, sessions: int) -> Any:
+    def generate_text(self, sessions: int, tokens: int | None = None, ids: Any = None) -> Any:
         import torch
         from transformers import GenerationConfig
 
-        vocab = self.llm.config.vocab_size
-        ids = torch.randint(100, vocab, (sessions, self.args.prompt_tokens), device=self.device)
+        tokens = tokens or self.args.new_tokens
+        if ids is None:
+            vocab = self.llm.config.vocab_size
+            shape = (sessions, self.args.prompt_tokens)
+            ids = torch.randint(100, vocab, shape, device=self.device)
+        mask = torch.ones_like(ids)
+        if self.variant.startswith("fast"):
+            return self.decoder(ids, mask, tokens)  # no stop ids: always the full length
         config = GenerationConfig(
-            max_new_tokens=self.args.new_tokens,
-            min_new_tokens=self.args.new_tokens,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
             do_sample=False,
             pad_token_id=0,
             eos_token_id=1,
-            cache_implementation=None if self.args.no_static_cache else "static",
+            cache_implementation="static",
         )
         with torch.inference_mode():
-            return self.llm.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config
-            )
+            out = self.llm.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        return out[:, ids.shape[1] :]
 
     def generate_images(self, sessions: int, seed: int) -> Any:
         import torch
@@ -247,6 +309,16 @@ class Turn:
         watch.run("fused_search", lambda: self.search(fused), record)
 
 
+def build_tiny_vae(device: str, dtype: Any) -> Any:
+    """The tiny VAE (TAESD's architecture: AutoencoderTiny's defaults), random weights."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    with torch.device(device):
+        vae: Any = AutoencoderTiny()
+    return vae.to(device, dtype).eval()
+
+
 def run(turn: Turn, device: str, sessions: int, args: argparse.Namespace) -> dict[str, list[float]]:
     watch = Stopwatch(device)
     for i in range(args.warmup + args.turns):
@@ -257,27 +329,122 @@ def run(turn: Turn, device: str, sessions: int, args: argparse.Namespace) -> dic
         watch.sync()
         if record:
             watch.times["turn_total"].append(time.perf_counter() - start)
+    # A product-length answer (description plus prompts), LLM only.
+    for i in range(args.warmup + 5):
+        watch.run("llm_long", lambda: turn.generate_text(sessions, args.long_tokens), i >= 2)
     return watch.times
 
 
-def report(times: dict[str, list[float]], sessions: int) -> None:
+def summarise(times: dict[str, list[float]], sessions: int) -> dict[str, Any]:
+    """p50/p95 in ms per stage; for batches, throughput and the latency a session sees."""
+    out: dict[str, Any] = {"sessions": sessions}
+    for stage, values in times.items():
+        ms = np.asarray(values) * 1000
+        out[stage] = {
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)),
+        }
+    total = np.asarray(times["turn_total"])
+    out["turns_per_s"] = sessions / float(total.mean())
+    # A turn that arrives while a batch runs waits for it, then runs in the next: at worst two
+    # batch times (p95 of each), which is the latency a session sees under full load.
+    out["session_latency_bound_ms"] = 2 * float(np.percentile(total, 95)) * 1000
+    return out
+
+
+def report(summary: dict[str, Any]) -> None:
     print(f"{'stage':<16}{'p50 ms':>10}{'p95 ms':>10}")
-    for stage in (*STAGES, "turn_total"):
-        ms = np.asarray(times[stage]) * 1000
-        print(f"{stage:<16}{np.percentile(ms, 50):>10.1f}{np.percentile(ms, 95):>10.1f}")
-    if sessions > 1:
-        total = np.asarray(times["turn_total"])
+    for stage in (*STAGES, "turn_total", "llm_long"):
+        if stage in summary:
+            row = summary[stage]
+            print(f"{stage:<16}{row['p50_ms']:>10.1f}{row['p95_ms']:>10.1f}")
+    if summary["sessions"] > 1:
         print(
-            f"sessions={sessions} batched: {sessions / total.mean():.2f} turns/s, "
-            f"turn p50 {np.percentile(total, 50) * 1000:.1f} ms, "
-            f"p95 {np.percentile(total, 95) * 1000:.1f} ms"
+            f"sessions={summary['sessions']} batched: {summary['turns_per_s']:.1f} turns/s, "
+            f"latency bound (2 x p95 batch) {summary['session_latency_bound_ms']:.0f} ms"
         )
 
 
+def simulate_load(
+    batch_s: dict[int, float], rate: float, turns: int = 20000, seed: int = 0
+) -> tuple[float, float]:
+    """p50/p95 seconds from arrival to final results when Poisson arrivals at ``rate`` turns/s
+    are served by one GPU that takes everything waiting (up to the largest measured batch) as one
+    batch; a batch of b takes the measured time, interpolated between measured sizes."""
+    sizes = np.array(sorted(batch_s), dtype=float)
+    times = np.array([batch_s[int(b)] for b in sizes])
+    arrivals = np.cumsum(np.random.default_rng(seed).exponential(1 / rate, turns))
+    latency = np.empty(turns)
+    clock, i, largest = 0.0, 0, int(sizes[-1])
+    while i < turns:
+        clock = max(clock, arrivals[i])
+        j = int(np.searchsorted(arrivals, clock, side="right"))
+        j = min(max(j, i + 1), i + largest)
+        clock += float(np.interp(j - i, sizes, times))
+        latency[i:j] = clock - arrivals[i:j]
+        i = j
+    return float(np.percentile(latency, 50)), float(np.percentile(latency, 95))
+
+
+def estimate(results: dict[str, Any], rates: list[float]) -> list[dict[str, Any]]:
+    """Latency under load for the variant that has batched runs, from its measured batch times
+    (p50, and p95 as if every batch were a slow one)."""
+    runs = [r for r in results["runs"] if "turn_total" in r]
+    batched = [r for r in runs if r["sessions"] > 1]
+    if not batched:
+        return []
+    variant = batched[0]["variant"]
+    own = {r["sessions"]: r["turn_total"] for r in runs if r["variant"] == variant}
+    rows = []
+    print(
+        f"\nlatency under load ({variant}, batches up to {max(own)}; simulated from the figures):"
+    )
+    print(f"{'turns/s':>8}{'p50 ms':>10}{'p95 ms':>10}{'p95 ms (slow batches)':>24}")
+    for rate in rates:
+        mid = simulate_load({b: t["p50_ms"] / 1000 for b, t in own.items()}, rate)
+        slow = simulate_load({b: t["p95_ms"] / 1000 for b, t in own.items()}, rate)
+        rows.append(
+            {
+                "rate": rate,
+                "p50_ms": mid[0] * 1000,
+                "p95_ms": mid[1] * 1000,
+                "p95_ms_slow_batches": slow[1] * 1000,
+            }
+        )
+        print(f"{rate:>8.0f}{mid[0] * 1000:>10.0f}{mid[1] * 1000:>10.0f}{slow[1] * 1000:>24.0f}")
+    return rows
+
+
+def check_decoder(turn: Turn) -> dict[str, Any]:
+    """The fast decoder continues like transformers' greedy ``generate`` (same tokens).
+
+    bf16 kernels of different shapes can flip a near-tie, so this reports the agreement rather
+    than failing on the first differing token.
+    """
+    import torch
+
+    # The turn's own shapes, so the compiled graphs are reused by the timed runs.
+    n = turn.args.new_tokens
+    shape = (1, turn.args.prompt_tokens)
+    ids = torch.randint(100, turn.llm.config.vocab_size, shape, device=turn.device)
+    turn.use("generate")
+    ref = turn.generate_text(1, n, ids=ids)
+    turn.use("fast")
+    out = turn.generate_text(1, n, ids=ids)
+    same = (out == ref).float().mean().item()
+    first = int((out != ref).any(0).float().argmax()) if same < 1 else n
+    return {"token_agreement": same, "identical_prefix_tokens": first}
+
+
 def main(argv: list[str] | None = None) -> int:
+    import json
+
     import torch
 
     args = parse_args(argv)
+    if args.estimate_from:
+        estimate(json.loads(args.estimate_from.read_text()), args.rates)
+        return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -286,20 +453,74 @@ def main(argv: list[str] | None = None) -> int:
     args.items = args.items or (2000 if args.tiny else 1_000_000)
     args.size = args.size or (64 if args.tiny else 512)
     args.topk = min(args.topk, args.items)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - {"generate", "fast", "fast+compile"}
+    if unknown:
+        raise SystemExit(f"unknown variants: {sorted(unknown)}")
     torch.manual_seed(0)
     start = time.perf_counter()
     turn = Turn(args, device, dtype)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    results: dict[str, Any] = {
+        "device": name,
+        "dtype": str(dtype).removeprefix("torch."),
+        "items": args.items,
+        "image_px": args.size,
+        "llm_tokens": args.new_tokens,
+        "prompt_tokens": args.prompt_tokens,
+        "build_s": time.perf_counter() - start,
+        "runs": [],
+    }
     print(
-        f"device={device} ({name}) dtype={str(dtype).removeprefix('torch.')} "
-        f"tiny={args.tiny} items={args.items} image={args.size}px "
-        f"llm_tokens={args.new_tokens} build={time.perf_counter() - start:.1f}s"
+        f"device={device} ({name}) dtype={results['dtype']} tiny={args.tiny} items={args.items} "
+        f"image={args.size}px llm_tokens={args.new_tokens} build={results['build_s']:.1f}s",
+        flush=True,
     )
-    print(f"\nsingle session, {args.turns} turns:")
-    report(run(turn, device, 1, args), 1)
-    if args.sessions > 1:
-        print(f"\n{args.sessions} concurrent sessions, batched per stage, {args.turns} turns:")
-        report(run(turn, device, args.sessions, args), args.sessions)
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+
+    def within_budget(label: str) -> bool:
+        spent = time.perf_counter() - start
+        if args.budget_s is not None and spent > args.budget_s:
+            print(f"\n{label}: skipped, {spent:.0f}s spent of a {args.budget_s:.0f}s budget")
+            return False
+        return True
+
+    if "generate" in variants and any(v.startswith("fast") for v in variants):
+        try:
+            results["decoder_check"] = check_decoder(turn)
+            print(f"decoder check: {results['decoder_check']}", flush=True)
+        except Exception as exc:  # report and go on: the timings are still worth having
+            results["decoder_check"] = {"error": repr(exc)}
+            print(f"decoder check failed: {exc!r}", flush=True)
+    # The first variant single and batched, then the others single (the riskiest last).
+    plan = [(variants[0], 1)] + [(variants[0], n) for n in args.sessions if n > 1]
+    plan += [(v, 1) for v in variants[1:]]
+    for variant, sessions in plan:
+        label = f"{variant}, {sessions} session{'s' * (sessions > 1)}"
+        if not within_budget(label):
+            continue
+        print(f"\n{label}, {args.turns} turns:", flush=True)
+        began = time.perf_counter()
+        try:
+            turn.use(variant)
+            summary = summarise(run(turn, device, sessions, args), sessions)
+        except Exception as exc:
+            print(f"failed: {exc!r}", flush=True)
+            results["runs"].append({"variant": variant, "sessions": sessions, "error": repr(exc)})
+            save()
+            continue
+        summary.update(variant=variant, wall_s=time.perf_counter() - began)
+        results["runs"].append(summary)
+        save()
+        report(summary)
+    results["load_estimate"] = estimate(results, args.rates)
+    if device.startswith("cuda"):
+        results["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        print(f"\npeak GPU memory {results['max_memory_gib']:.1f} GiB")
+    save()
     return 0
 
 

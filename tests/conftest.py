@@ -6,10 +6,15 @@ Redis key prefix, so runs never see each other's tasks or channel messages.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+
+# Shared with the benchmarks, which start in-process workers the same way.
+from bench.instrument import closing_thread_connections
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -60,22 +65,48 @@ def offline_models() -> dict[str, Any]:
 
 
 @pytest.fixture
-def celery_worker(transactional_db: None, offline_models: dict[str, Any]) -> Iterator[Any]:
-    """A real Celery worker, in a thread of this process, consuming this run's queues."""
-    from celery.contrib.testing.worker import start_worker
-    from django.conf import settings
+def start_worker(transactional_db: None, offline_models: dict[str, Any]) -> Any:
+    """``with start_worker(name, queues): ...`` runs a real Celery worker (threads of this
+    process) on the given queues while the block lasts.
+
+    Celery's event loop (kombu's hub) is one per process: a second worker running at the same
+    time must pass ``event_loop=False`` (it then blocks on the broker in a loop of its own).
+    """
+    from celery.contrib.testing import worker
 
     from dar_site.celery import app
 
-    with start_worker(
-        app,
-        pool="threads",
-        concurrency=2,
-        queues=[settings.CELERY_GPU_QUEUE, settings.CELERY_DEFAULT_QUEUE],
-        perform_ping_check=False,
-        shutdown_timeout=30,
-    ) as worker:
-        yield worker
+    @contextmanager
+    def start(name: str, queues: list[str], *, event_loop: bool = True) -> Iterator[Any]:
+        with (
+            closing_thread_connections(),
+            worker.start_worker(
+                app,
+                pool="threads",
+                concurrency=2,
+                queues=queues,
+                hostname=f"{name}-{os.getpid()}@tests",
+                perform_ping_check=False,
+                shutdown_timeout=30,
+                use_eventloop=event_loop,
+            ) as started,
+        ):
+            yield started
+
+    return start
+
+
+@pytest.fixture
+def celery_worker(start_worker: Any) -> Iterator[Any]:
+    """Real Celery workers consuming this run's queues as an instance's do: one on the gpu and
+    default queues, one on the interactive queue (a turn's text stage). Yields the gpu worker."""
+    from django.conf import settings
+
+    with (
+        start_worker("interactive", [settings.CELERY_INTERACTIVE_QUEUE], event_loop=False),
+        start_worker("gpu", [settings.CELERY_GPU_QUEUE, settings.CELERY_DEFAULT_QUEUE]) as gpu,
+    ):
+        yield gpu
 
 
 @pytest.fixture

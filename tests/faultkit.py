@@ -85,8 +85,18 @@ def subprocess_env(redis_url: str | None = None, **extra: str) -> dict[str, str]
     return env
 
 
+def instance_queues(settings: Any) -> list[str]:
+    """Every queue of the instance: one worker process then does a turn's text stage too."""
+    return [
+        settings.CELERY_INTERACTIVE_QUEUE,
+        settings.CELERY_GPU_QUEUE,
+        settings.CELERY_DEFAULT_QUEUE,
+    ]
+
+
 class WorkerProcess:
-    """A real ``celery worker`` (solo pool) in its own process group, killable with SIGKILL."""
+    """A real ``celery worker`` (solo pool) in its own process group, killable with SIGKILL.
+    It serves every queue of the instance unless ``queues`` says otherwise."""
 
     def __init__(
         self,
@@ -96,6 +106,7 @@ class WorkerProcess:
         redis_url: str | None = None,
         visibility_timeout: int | None = None,
         env: dict[str, str] | None = None,
+        queues: list[str] | None = None,
     ) -> None:
         from django.conf import settings
 
@@ -112,7 +123,7 @@ class WorkerProcess:
             "--hostname",
             f"{name}@faults",
             "--queues",
-            f"{settings.CELERY_GPU_QUEUE},{settings.CELERY_DEFAULT_QUEUE}",
+            ",".join(queues or instance_queues(settings)),
         ]
         if visibility_timeout is not None:
             command += ["--visibility-timeout", str(visibility_timeout)]

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-READ = re.compile(r"env_(?:str|int|float|bool|choice|list|path|required)\(\s*\"([A-Z][A-Z0-9_]+)\"")
+READERS = "str|int|float|bool|choice|list|path|required|pg_size"
+READ = re.compile(rf"env_(?:{READERS})\(\s*\"([A-Z][A-Z0-9_]+)\"")
 
 
 def _read_by_code() -> set[str]:

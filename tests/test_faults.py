@@ -8,6 +8,8 @@ shopper said or a shop uploaded is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -106,21 +108,31 @@ def _assert_complete(turn: Turn, catalog_size: int) -> None:
 def test_worker_killed_mid_turn_is_rerun_by_another_worker(
     transactional_db: None, offline_models: Any, tmp_path: Path
 ) -> None:
+    gpu_queues = [settings.CELERY_GPU_QUEUE, settings.CELERY_DEFAULT_QUEUE]
     catalog = embedded_catalog(8)
     session = _new_session(catalog=catalog)
+    # As deployed: the text stage has a worker of its own, which survives the gpu worker's death.
+    interactive = WorkerProcess(
+        tmp_path, name="interactive", env=WORKER_ENV, queues=[settings.CELERY_INTERACTIVE_QUEUE]
+    )
     with EventRecorder(session.pk) as events:
-        first = WorkerProcess(tmp_path, name="doomed", env=WORKER_ENV)
+        first = WorkerProcess(tmp_path, name="doomed", env=WORKER_ENV, queues=gpu_queues)
         try:
+            interactive.wait_ready()
             first.wait_ready()
             turn = turns.submit_message(session, MESSAGE)
-            # Kill once the provisional results are stored: the turn is really half done.
+            # Kill once the provisional results are stored and the gpu attempt runs: the turn is
+            # really half done.
             wait_for(
                 lambda: (
-                    turn.results.filter(final=False).exists()
+                    (
+                        turn.results.filter(final=False).exists()
+                        and Turn.objects.get(pk=turn.pk).status == Turn.Status.RUNNING
+                    )
                     or Turn.objects.get(pk=turn.pk).status not in turns.ACTIVE
                 ),
                 timeout=TURN_TIMEOUT,
-                what="the first worker to store provisional results",
+                what="provisional results and a running gpu attempt",
             )
             first.kill()
         finally:
@@ -136,6 +148,7 @@ def test_worker_killed_mid_turn_is_rerun_by_another_worker(
             name="rescuer",
             visibility_timeout=2,
             env={**WORKER_ENV, "DAR_TURN_MAX_ATTEMPTS": "3"},
+            queues=gpu_queues,
         )
         try:
             second.wait_ready()
@@ -147,13 +160,81 @@ def test_worker_killed_mid_turn_is_rerun_by_another_worker(
             )
         finally:
             second.stop()
+            interactive.stop()
     assert not events.of("error", 0), events.events
     assert len(events.of("turn.done", 0)) == 1
-    assert [e["attempt"] for e in events.of("turn.started", 0)] == [1, 2]
+    # (An event a killed worker had not sent yet dies with it; the rerun's are all there.)
+    assert events.of("turn.started", 0)[-1]["attempt"] == 2
+    # The rerun removed the dead attempt's output and redid the text stage itself, first.
+    assert [e["final"] for e in events.of("results", 0)] == [False, False, True]
     _assert_complete(turn, catalog_size=8)
     turn.refresh_from_db()
     assert turn.attempts == 2
     assert turn.message == MESSAGE and turn.context == [MESSAGE]
+
+
+@pytest.mark.slow
+def test_turn_whose_task_is_lost_past_its_attempts_fails_with_worker_lost(
+    transactional_db: None, offline_models: Any, tmp_path: Path, redis_client: Any
+) -> None:
+    catalog = embedded_catalog(4)
+    session = _new_session(catalog=catalog)
+    env = {**WORKER_ENV, "DAR_TURN_MAX_ATTEMPTS": "2"}
+
+    def state() -> tuple[str, int]:
+        status, attempts = Turn.objects.filter(pk=turn.pk).values_list("status", "attempts").get()
+        return str(status), int(attempts)
+
+    def running(attempt: int) -> bool:
+        status, attempts = state()
+        return attempts >= attempt or status not in turns.ACTIVE
+
+    with EventRecorder(session.pk) as events:
+        turn = turns.submit_message(session, MESSAGE)
+        # Two workers in a row die in the middle of the turn (OOM kill, node lost), each once the
+        # turn runs under its attempt; the second restores the unacknowledged message after the
+        # (shortened) visibility timeout.
+        for attempt in (1, 2):
+            doomed = WorkerProcess(
+                tmp_path,
+                name=f"lost{attempt}",
+                env=env,
+                visibility_timeout=None if attempt == 1 else 2,
+            )
+            try:
+                doomed.wait_ready()
+                wait_for(
+                    functools.partial(running, attempt),
+                    timeout=TURN_TIMEOUT,
+                    what=f"attempt {attempt} to run",
+                )
+                doomed.kill()
+            finally:
+                doomed.stop()
+            assert state() == (Turn.Status.RUNNING, attempt), "the attempt ended before the kill"
+
+        # The message was never acknowledged; it comes back a third time, and the turn, which
+        # had its attempts, fails for good.
+        unacked = f"{settings.REDIS_PREFIX}:celery:unacked"
+        assert redis_client.hlen(unacked) >= 1
+        last = WorkerProcess(tmp_path, name="last", env=env, visibility_timeout=2)
+        try:
+            last.wait_ready()
+            _turn_outcome(events)
+            # The failure is the task's result: the message is acknowledged, not redelivered.
+            wait_for(lambda: redis_client.hlen(unacked) == 0, timeout=30, what="the ack")
+        finally:
+            last.stop()
+    (error,) = events.of("error", 0)
+    assert (error["code"], error["turn"]) == ("worker_lost", 0)
+    assert error["message"]
+    assert not events.of("turn.done", 0)
+    turn.refresh_from_db()
+    assert (turn.status, turn.error_code, turn.attempts) == (Turn.Status.FAILED, "worker_lost", 2)
+    assert turn.finished_at is not None
+    assert turn.message == MESSAGE and turn.context == [MESSAGE]
+    # Nothing is left for a sweeper or a page to wait on.
+    assert turns.sweep_stuck_turns(session_id=session.pk) == 0
 
 
 # --- Redis restarted ------------------------------------------------------------------------
@@ -446,6 +527,13 @@ def test_embedding_task_delivered_twice_changes_nothing(celery_worker: Any) -> N
     }
 
 
+def _workers_idle() -> bool:
+    """Whether the in-process workers of this test have no task running or waiting."""
+    from celery.worker import state
+
+    return not state.active_requests and not state.reserved_requests
+
+
 @pytest.mark.slow
 def test_turn_task_delivered_twice_is_idempotent(celery_worker: Any, fast_turns: None) -> None:
     catalog = embedded_catalog(8)
@@ -464,8 +552,9 @@ def test_turn_task_delivered_twice_is_idempotent(celery_worker: Any, fast_turns:
         duplicate = app.send_task(turns.RUN_TURN_TASK, args=[racing.pk])
         _turn_outcome(events, index=1)
         duplicate.get(timeout=TURN_TIMEOUT)
-        racing.refresh_from_db()
-        app.AsyncResult(racing.task_id).get(timeout=TURN_TIMEOUT)
+        # The original delivery stores no result (the turn's row is its outcome): wait until the
+        # workers have nothing left to run, so a late write or event would be seen below.
+        wait_for(_workers_idle, timeout=TURN_TIMEOUT, what="the workers to finish every task")
     _assert_complete(racing, catalog_size=8)
     assert len(events.of("turn.done", 1)) == 1
     assert not events.of("error", 1)
@@ -515,8 +604,10 @@ async def _reconnect(
             continue  # the consumer failed; the server would close the socket with 1011
         if output is None or output["type"] == "websocket.close":
             # A join that met a stale pooled connection: closed (1011) or still waiting; the
-            # page retries, as search.js does when its socket closes.
-            await page.disconnect()
+            # page retries, as search.js does when its socket closes. A consumer still waiting
+            # may fail on that connection while being disconnected: the same outcome.
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                await page.disconnect()
             continue
         assert output["type"] == "websocket.send", output
         state = json.loads(output["text"])

@@ -29,7 +29,9 @@ class _Recorder:
         return np.asarray([[x, -x] for x in items], dtype=np.float32).reshape(len(items), 2)
 
 
-def _run_concurrently(batcher: MicroBatcher[int], requests: list[list[int]]) -> list[np.ndarray]:
+def _run_concurrently(
+    batcher: MicroBatcher[int, np.ndarray], requests: list[list[int]]
+) -> list[np.ndarray]:
     start = threading.Barrier(len(requests))
 
     def call(items: list[int]) -> np.ndarray:
@@ -121,3 +123,69 @@ def test_batched_encoder_wraps_an_encoder() -> None:
     assert encoder.encode_texts([]).shape == (0, 2)
     with pytest.raises(AttributeError):
         _ = encoder.missing_attribute
+
+
+def test_results_can_be_any_per_item_list() -> None:
+    seen: list[list[str]] = []
+
+    def shout(items: list[str]) -> list[str]:
+        seen.append(list(items))
+        return [item.upper() for item in items]
+
+    # A full batch (6 items) is run at once; the long window only bounds a broken test.
+    batcher: MicroBatcher[str, list[str]] = MicroBatcher(shout, max_batch=6, window_s=30)
+    requests = [["a", "b"], ["c"], ["d", "e", "f"]]
+    start = threading.Barrier(len(requests))
+
+    def call(items: list[str]) -> list[str]:
+        start.wait()
+        return batcher(items)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        results = list(pool.map(call, requests))
+    assert results == [["A", "B"], ["C"], ["D", "E", "F"]]
+    assert all(isinstance(r, list) for r in results)
+    assert [len(batch) for batch in seen] == [6]
+    assert batcher([]) == []
+
+
+def test_only_requests_with_equal_keys_share_a_call() -> None:
+    seen: list[list[tuple[int, int]]] = []
+    lock = threading.Lock()
+
+    def run(items: list[tuple[int, int]]) -> list[int]:
+        with lock:
+            seen.append(list(items))
+        return [value * 10 for _, value in items]
+
+    # Each key has 8 items queued: one full batch per key.
+    batcher: MicroBatcher[tuple[int, int], list[int]] = MicroBatcher(run, 8, window_s=30)
+    requests = [(t % 2, [t, t + 100]) for t in range(8)]
+    start = threading.Barrier(len(requests))
+
+    def call(request: tuple[int, list[int]]) -> list[int]:
+        key, values = request
+        start.wait()
+        return batcher([(key, v) for v in values], key=key)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        results = list(pool.map(call, requests))
+    assert results == [[10 * t, 10 * (t + 100)] for t in range(8)]
+    assert sorted(sorted({key for key, _ in batch}) for batch in seen) == [[0], [1]]
+
+
+def test_a_result_of_the_wrong_length_is_an_error_for_every_caller() -> None:
+    batcher: MicroBatcher[int, list[int]] = MicroBatcher(lambda items: [1], 6, window_s=30)
+    start = threading.Barrier(3)
+
+    def call(i: int) -> str:
+        start.wait()
+        try:
+            batcher([i, i])
+        except RuntimeError as err:
+            return str(err)
+        return "ok"
+
+    with ThreadPoolExecutor(3) as pool:
+        outcomes = list(pool.map(call, range(3)))
+    assert all("returned 1 results" in o for o in outcomes)

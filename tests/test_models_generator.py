@@ -58,3 +58,37 @@ def test_awkward_prompts(generator: Any) -> None:
     assert generator.generate([], seed=0) == []
     images = generator.generate(["", "robe 👗🌸 à fleurs", "日本語", "word " * 2000], seed=0)
     assert len(images) == 4
+
+
+def test_a_tiny_autoencoder_replaces_the_vae(
+    offline_manifest: dict[str, Any], generator: Any, tmp_path: Any
+) -> None:
+    """DAR_GENERATOR_VAE (e.g. madebyollin/taesd): an AutoencoderTiny checkpoint decodes."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    from workers.models.generator import DiffusersGenerator
+
+    torch.manual_seed(0)
+    taesd: Any = AutoencoderTiny(  # TAESD's architecture (8x, 4 latent channels) at toy width
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=4,
+    )
+    taesd.save_pretrained(tmp_path / "taesd")
+    spec = offline_manifest["generator"]
+    tiny = DiffusersGenerator(
+        spec["dir"],
+        name=spec["name"],
+        steps=spec["steps"],
+        default_size=spec["size"],
+        vae=str(tmp_path / "taesd"),
+    )
+    assert type(tiny._pipe.vae).__name__ == "AutoencoderTiny"
+    first = tiny.generate(["a red summer dress"], seed=7)
+    assert first[0].size == (64, 64) and first[0].mode == "RGB"
+    assert np.array_equal(_pixels(first[0]), _pixels(tiny.generate(["a red summer dress"], 7)[0]))
+    usual = generator.generate(["a red summer dress"], seed=7)[0]
+    assert not np.array_equal(_pixels(first[0]), _pixels(usual))

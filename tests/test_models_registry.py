@@ -62,6 +62,8 @@ def test_settings_defaults_and_parsing(model_env: pytest.MonkeyPatch) -> None:
         ("DAR_DEVICE", "tpu"),
         ("DAR_GEN_SIZE", "big"),
         ("DAR_ENCODE_BATCH", "0"),
+        ("DAR_LLM_BATCH", "0"),
+        ("DAR_GEN_BATCH", "many"),
         ("DAR_OPENAI_TIMEOUT", "nan"),
     ],
 )
@@ -179,3 +181,49 @@ def test_missing_offline_models_are_built_on_first_use(
     generator = registry.get_generator()
     assert (tmp_path / "fresh" / "manifest.json").is_file()
     assert generator.name == "diffusers:dar-tiny-sd:offline-v1"
+
+
+def test_worker_models_are_batched_wrappers(model_env: pytest.MonkeyPatch) -> None:
+    """Concurrent sessions share model calls: the registry hands out the batching wrappers."""
+    from workers.models import refiner
+    from workers.models.batching import BatchedEncoder
+    from workers.models.generator import BatchedGenerator
+
+    model_env.setenv("DAR_GEN_BATCH", "3")
+    model_env.setenv("DAR_LLM_BATCH", "5")
+    model_env.setenv("DAR_BATCH_WINDOW_MS", "2")
+    settings = ModelSettings.from_env()
+    assert (settings.gen_batch, settings.llm_batch, settings.gen_vae) == (3, 5, "")
+    assert isinstance(registry.get_encoder(), BatchedEncoder)
+    generator = registry.get_generator()
+    assert isinstance(generator, BatchedGenerator)
+    assert (generator._batcher.max_batch, generator._batcher.window_s) == (3, 0.002)
+    assert generator.generate(["a hat"], seed=0)[0].size == (64, 64)
+
+    built: dict[str, Any] = {}
+
+    class FakeRefiner:  # loading SmolLM2 is not what this test is about
+        def __init__(self, source: str, **kwargs: Any) -> None:
+            built.update(kwargs, source=source)
+
+    model_env.setattr(refiner, "HFChatRefiner", FakeRefiner)
+    if model_plan().llm_source:
+        registry.get_refiner()
+        assert (built["max_batch"], built["window_s"], built["device"]) == (5, 0.002, "cpu")
+
+
+def test_a_missing_tiny_vae_counts_as_a_missing_standard_model(
+    model_env: pytest.MonkeyPatch,
+) -> None:
+    model_env.setenv("DAR_GENERATOR_VAE", "dar-tests/no-such-taesd")
+    settings = ModelSettings.from_env()
+    assert settings.gen_vae == "dar-tests/no-such-taesd"
+    assert "dar-tests/no-such-taesd" in config.missing_standard_models(settings)
+    model_env.setenv("DAR_MODEL_PROFILE", "standard")
+    assert model_plan().gen_vae == "dar-tests/no-such-taesd"
+    # Other pixels, another name: evaluation caches and stored previews tell them apart.
+    assert model_plan().generator_name == (
+        "diffusers:stabilityai/sd-turbo+vae:dar-tests/no-such-taesd"
+    )
+    model_env.setenv("DAR_MODEL_PROFILE", "offline")
+    assert model_plan().gen_vae == ""  # the offline pipeline keeps its own VAE

@@ -99,17 +99,27 @@ def test_turns_store_every_stage_and_rank_by_dar_fusion(models: None, settings: 
 
     turn = _new_turn(session, "a small red ceramic mug")
     with EventRecorder(session.pk) as events:
-        pipeline.run_turn(turn.pk)
+        pipeline.run_text_stage(turn.pk)  # the interactive worker's task
+        pipeline.run_turn(turn.pk)  # the gpu worker's
         events.wait_for(lambda evs: any(e["type"] == "turn.done" for e in evs))
     turn.refresh_from_db()
     assert turn.status == Turn.Status.DONE and turn.attempts == 1
     assert turn.context == ["a small red ceramic mug"] and turn.encoder_name == encoder.name
     assert turn.refined_query and len(turn.prompts) == settings.DAR_PREVIEWS_PER_TURN
     assert {"text", "refine", "generate", "rank", "ask", "total"} <= set(turn.timings)
+    assert events.of("turn.done")[0]["timings"] == turn.timings
     assert turn.weights == ranking.paper_weights(0).as_dict()
     kinds = [e["type"] for e in events.events]
-    assert kinds[0] == "turn.started" and kinds[-1] == "turn.done"
-    assert kinds.index("results") < kinds.index("query.refined") < kinds.index("previews")
+    asked = ["question"] if turn.question else []
+    assert kinds == [
+        "results",
+        "turn.started",
+        "query.refined",
+        "previews",
+        "results",
+        *asked,
+        "turn.done",
+    ]
     assert [e["final"] for e in events.of("results")] == [False, True]
     if turn.question:
         assert events.of("question")[0]["question"] == turn.question
@@ -142,6 +152,7 @@ def test_turns_store_every_stage_and_rank_by_dar_fusion(models: None, settings: 
     settings.DAR_ASK_QUESTIONS = False
     settings.DAR_WEIGHT_PRODUCT_TEXT = 0.4
     second = _new_turn(session, "with a white handle")
+    # The gpu task alone, as when the text stage failed: it ranks by text itself.
     pipeline.run_turn(second.pk)
     second.refresh_from_db()
     assert second.status == Turn.Status.DONE, second.error

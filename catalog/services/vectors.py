@@ -43,8 +43,15 @@ def ensure_index(space: str, model_name: str, dim: int) -> str:
         cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [name])
         if cursor.fetchone():
             return name  # Skip CREATE INDEX: even IF NOT EXISTS takes a lock on the table.
+    with transaction.atomic(), connection.cursor() as cursor:
         # Deferred foreign-key checks queued in this transaction would block CREATE INDEX.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        # pgvector builds the graph in memory and slows down several-fold once it spills out of
+        # maintenance_work_mem (64 MB by default: about 40k 512-d vectors). For this build only.
+        cursor.execute(
+            "SELECT set_config('maintenance_work_mem', %s, true)",
+            [settings.DAR_HNSW_BUILD_MEMORY],
+        )
         # Graph parameters apply when an index is built; changing them needs a rebuild (drop it).
         cursor.execute(
             f"CREATE INDEX IF NOT EXISTS {name} ON {_TABLE} "

@@ -1,20 +1,28 @@
 """Turn lifecycle on the web side: accept a message, enqueue its turn, fail turns that got stuck.
 
+A turn is two tasks sent together: its text stage (``interactive.turn_text``, first results, on a
+queue and worker of its own so that it never waits behind LLM work) and the rest of the pipeline
+(``gpu.run_turn``); see ``pipeline`` for how they share the turn.
+
 Ordering: a message sent while an earlier turn of the same session is still queued or running is
-*accepted and queued*, never refused. Turns run strictly in index order: the worker task of turn n
-waits (Celery retry with a short countdown, see ``pipeline.TurnNotReady``) until turn n-1 is done or
-failed, so events of two turns never interleave and each turn sees the feedback given before it.
+*accepted and queued*, never refused. Turns run strictly in index order: both tasks of turn n wait
+(Celery retry with a short countdown, see ``pipeline.TurnNotReady``) until turn n-1 is done or
+failed, so each turn sees the feedback given before it and its stages start after the previous
+turn's have ended (only that turn's last event, sent by another process, may still be on its way
+when turn n's first results go out).
 
 Nothing stays queued or running forever: ``sweep_stuck_turns`` fails turns that outlived
-DAR_TURN_TIME_LIMIT (code ``timeout``). It runs when a page connects or restores, before each new
-message, while a queued task waits for its predecessor, and periodically from Celery beat.
+DAR_TURN_TIME_LIMIT (code ``timeout``). It runs when a page connects or restores, when a new message
+finds an earlier turn past its limit, while a queued task waits for its predecessor, and
+periodically from Celery beat.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import current_app
@@ -31,6 +39,7 @@ from .errors import SearchError
 log = logging.getLogger(__name__)
 
 RUN_TURN_TASK = "gpu.run_turn"
+TEXT_STAGE_TASK = "interactive.turn_text"
 # Celery's hard limit fires TIME_LIMIT_GRACE seconds after the soft one; the sweeper waits a bit
 # longer so that a live worker always gets to report its own timeout first.
 TIME_LIMIT_GRACE = 15
@@ -61,32 +70,49 @@ def submit_message(session: SearchSession, text: Any, *, address: str | None = N
     reached DAR_MAX_TURNS_PER_SESSION, or a rate limit.
     """
     text = clean_message(text)
-    sweep_stuck_turns(session_id=session.pk)
     with transaction.atomic():
-        # Locking the session row serialises concurrent messages, so indexes stay gapless.
-        locked = SearchSession.objects.select_for_update().get(pk=session.pk)
-        previous = list(locked.turns.order_by("index").values_list("message", flat=True))
+        # Touching the session row locks it: concurrent messages are serialised, so indexes stay
+        # gapless.
+        if not SearchSession.objects.filter(pk=session.pk).update(updated_at=timezone.now()):
+            raise SearchError("not_found", "This search session no longer exists.")
+        previous = list(
+            Turn.objects.filter(session_id=session.pk)
+            .order_by("index")
+            .values_list("message", "status", "created_at", "started_at")
+        )
         if len(previous) >= settings.DAR_MAX_TURNS_PER_SESSION:
             raise SearchError(
                 "too_many_turns",
                 "This search has reached its length limit; please start a new search.",
             )
-        ratelimit.check_turn_allowed(locked.pk, address)
+        ratelimit.check_turn_allowed(session.pk, address)
+        if any(_looks_stuck(status, created, started) for _, status, created, started in previous):
+            # An earlier turn outlived its limit: fail it, or the new one would wait behind it.
+            sweep_stuck_turns(session_id=session.pk)
+        messages = [message for message, *_ in previous]
         turn = Turn.objects.create(
-            session=locked, index=len(previous), message=text, context=[*previous, text]
+            session_id=session.pk,
+            index=len(previous),
+            message=text,
+            context=[*messages, text],
+            # The gpu task's id, chosen here so that the row is written once.
+            task_id=str(uuid.uuid4()),
         )
-        locked.save(update_fields=["updated_at"])
         transaction.on_commit(lambda: _enqueue(turn))
     return turn
 
 
 def _enqueue(turn: Turn) -> None:
+    # Sent (waiting) before the tasks, so the page hears of the turn before any of its stages.
     events.emit(
         turn.session_id,
         {"type": "turn.accepted", "turn": turn.index, "message": turn.message, "status": "queued"},
+        wait=True,
     )
-    result = current_app.send_task(RUN_TURN_TASK, args=[turn.pk])
-    Turn.objects.filter(pk=turn.pk).update(task_id=result.id)
+    # Both at once: the text stage does not wait for a gpu worker, nor the gpu task for it. Their
+    # outcome is the turn's row and events, never a task result (nothing to store or subscribe to).
+    current_app.send_task(TEXT_STAGE_TASK, args=[turn.pk], ignore_result=True)
+    current_app.send_task(RUN_TURN_TASK, args=[turn.pk], task_id=turn.task_id, ignore_result=True)
 
 
 def fail_turn(
@@ -127,9 +153,7 @@ def sweep_stuck_turns(session_id: Any = None) -> int:
     A queued turn's clock starts when it became runnable (its predecessor finished), so a turn
     that legitimately waits behind a slow predecessor is not failed for the wait.
     """
-    now = timezone.now()
-    limit = timedelta(seconds=settings.DAR_TURN_TIME_LIMIT + SWEEP_GRACE)
-    cutoff = now - limit
+    cutoff = _stuck_cutoff()
     candidates = Turn.objects.filter(
         Q(status=Turn.Status.RUNNING, started_at__lt=cutoff)
         | Q(status=Turn.Status.QUEUED, created_at__lt=cutoff)
@@ -145,6 +169,19 @@ def sweep_stuck_turns(session_id: Any = None) -> int:
             log.warning("turn %s (session %s) swept as timed out", turn.index, turn.session_id)
             failed += 1
     return failed
+
+
+def _stuck_cutoff() -> datetime:
+    """Turns running (or queued) since before this have outlived their limit."""
+    return timezone.now() - timedelta(seconds=settings.DAR_TURN_TIME_LIMIT + SWEEP_GRACE)
+
+
+def _looks_stuck(status: str, created_at: datetime, started_at: datetime | None) -> bool:
+    """Whether ``sweep_stuck_turns`` would look at a turn (a cheap test on loaded values)."""
+    cutoff = _stuck_cutoff()
+    if status == Turn.Status.RUNNING:
+        return started_at is not None and started_at < cutoff
+    return status == Turn.Status.QUEUED and created_at < cutoff
 
 
 def _queued_too_long(turn: Turn, cutoff: Any) -> bool:

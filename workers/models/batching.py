@@ -1,18 +1,24 @@
-"""Micro-batching of concurrent encode calls.
+"""Micro-batching of concurrent model calls.
 
-The GPU worker serves several sessions from a thread pool. Encoding each request on its own
-wastes the GPU (one short text per forward pass), so concurrent calls are merged: the first caller
-waits a few milliseconds (or until ``max_batch`` items are queued), runs one forward pass for
-everybody queued and hands each caller its slice. No background thread is involved: callers take
-turns leading, so nothing needs starting or stopping around forks.
+The GPU worker serves several sessions from a thread pool. Running each request on its own wastes
+the GPU (one short text per forward pass, one image per diffusion call, one dialogue per decoding
+loop), so concurrent calls are merged: the first caller waits a few milliseconds (or until
+``max_batch`` items are queued), runs one batched call for everybody queued and hands each caller
+its slice. No background thread is involved: callers take turns leading, so nothing needs starting
+or stopping around forks.
+
+``MicroBatcher`` is generic over the items and the per-item results: the batched function returns
+anything with one entry per item that slices (a numpy array of rows, a list of images, a list of
+strings). Requests can carry a key; only requests with equal keys share a call (images of one
+size, say), the others wait for the next one.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
 import numpy as np
 
@@ -24,44 +30,56 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class _Request(Generic[T]):
-    __slots__ = ("done", "error", "items", "leader", "result", "wake")
+class Sliceable(Protocol):
+    """What a batched function returns: one entry per item, sliceable (list, tuple, ndarray)."""
 
-    def __init__(self, items: list[T]) -> None:
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> Self: ...
+
+
+R = TypeVar("R", bound=Sliceable)
+
+
+class _Request(Generic[T, R]):
+    __slots__ = ("done", "error", "items", "key", "leader", "result", "wake")
+
+    def __init__(self, items: list[T], key: Hashable) -> None:
         self.items = items
+        self.key = key
         self.wake = threading.Event()
         self.leader = False
         self.done = False
-        self.result: np.ndarray | None = None
+        self.result: R | None = None
         self.error: BaseException | None = None
 
 
-class MicroBatcher(Generic[T]):
-    """Calls ``fn`` (list of items -> array with one row per item) on merged concurrent requests.
+class MicroBatcher(Generic[T, R]):
+    """Calls ``fn`` (list of items -> one result entry per item) on merged concurrent requests.
 
-    A single request larger than ``max_batch`` is passed through whole (``fn`` chunks internally);
-    requests are never split, so each caller's rows stay contiguous and in order.
+    A single request larger than ``max_batch`` is passed through whole (``fn`` chunks internally
+    if it must); requests are never split, so each caller's entries stay contiguous and in order.
+    A failure of ``fn`` (or a result of the wrong length) is raised in every caller of that batch;
+    the batcher then goes on with the next one.
     """
 
     def __init__(
-        self, fn: Callable[[list[T]], np.ndarray], max_batch: int = 64, window_s: float = 0.005
+        self, fn: Callable[[list[T]], R], max_batch: int = 64, window_s: float = 0.005
     ) -> None:
         self._fn = fn
         self.max_batch = max(1, max_batch)
         self.window_s = max(0.0, window_s)
         self._cond = threading.Condition()
-        self._pending: list[_Request[T]] = []
-        self._queued = 0
+        self._pending: list[_Request[T, R]] = []
         self._busy = False  # a leader is collecting or running a batch
         self.batches_run = 0  # for tests and metrics
 
-    def __call__(self, items: Sequence[T]) -> np.ndarray:
+    def __call__(self, items: Sequence[T], key: Hashable = None) -> R:
         if len(items) == 0:
             return self._fn([])
-        request: _Request[T] = _Request(list(items))
+        request: _Request[T, R] = _Request(list(items), key)
         with self._cond:
             self._pending.append(request)
-            self._queued += len(request.items)
             if self._busy:
                 self._cond.notify_all()  # the collecting leader may now have a full batch
             else:
@@ -78,26 +96,35 @@ class MicroBatcher(Generic[T]):
         assert request.result is not None
         return request.result
 
+    def _queued(self, key: Hashable) -> int:
+        return sum(len(r.items) for r in self._pending if r.key == key)
+
     def _lead(self) -> None:
         deadline = time.monotonic() + self.window_s
         with self._cond:
-            while self._queued < self.max_batch:
+            key = self._pending[0].key  # the leader's own request is the oldest one
+            while self._queued(key) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch: list[_Request[T]] = []
+            batch: list[_Request[T, R]] = []
             size = 0
-            while self._pending:
-                if batch and size + len(self._pending[0].items) > self.max_batch:
-                    break
-                request = self._pending.pop(0)
+            for request in list(self._pending):
+                if request.key != key:
+                    continue
+                if batch and size + len(request.items) > self.max_batch:
+                    break  # first come, first served: no overtaking of a request that waits
+                self._pending.remove(request)
                 batch.append(request)
                 size += len(request.items)
-            self._queued -= size
         try:
             merged = [item for request in batch for item in request.items]
             output = self._fn(merged)
+            if len(output) != len(merged):
+                raise RuntimeError(
+                    f"batched call returned {len(output)} results for {len(merged)} items"
+                )
             self.batches_run += 1
             start = 0
             for request in batch:
@@ -126,8 +153,10 @@ class BatchedEncoder:
         self.inner = inner
         self.name = inner.name
         self.dim = inner.dim
-        self._texts: MicroBatcher[str] = MicroBatcher(inner.encode_texts, max_batch, window_s)
-        self._images: MicroBatcher[Image.Image] = MicroBatcher(
+        self._texts: MicroBatcher[str, np.ndarray] = MicroBatcher(
+            inner.encode_texts, max_batch, window_s
+        )
+        self._images: MicroBatcher[Image.Image, np.ndarray] = MicroBatcher(
             inner.encode_images, max_batch, window_s
         )
 

@@ -87,8 +87,11 @@ class ModelSettings:
     gen_size: int | None = None  # None: the generator's own default (512, offline 64)
     gen_steps: int | None = None  # None: 1 (SD-Turbo and the offline pipeline are one-step)
     gen_guidance: float = 0.0  # SD-Turbo is trained without classifier-free guidance
+    gen_vae: str = ""  # a diffusers AutoencoderTiny replacing the VAE (standard profile only)
     device: str = "auto"
     encode_batch: int = 64
+    llm_batch: int = 16  # dialogues decoded together by the local LLM
+    gen_batch: int = 16  # images per diffusion pipeline call
     batch_window_ms: float = 5.0
 
     @classmethod
@@ -113,8 +116,11 @@ class ModelSettings:
             gen_size=size or None,
             gen_steps=steps or None,
             gen_guidance=env_float("DAR_GEN_GUIDANCE", 0.0, min=0.0, max=30.0),
+            gen_vae=env_str("DAR_GENERATOR_VAE", ""),
             device=env_choice("DAR_DEVICE", "auto", ("auto", "cpu", "cuda")),
             encode_batch=env_int("DAR_ENCODE_BATCH", 64, min=1, max=4096),
+            llm_batch=env_int("DAR_LLM_BATCH", 16, min=1, max=256),
+            gen_batch=env_int("DAR_GEN_BATCH", 16, min=1, max=256),
             batch_window_ms=env_float("DAR_BATCH_WINDOW_MS", 5.0, min=0.0, max=1000.0),
         )
 
@@ -135,6 +141,7 @@ class ModelPlan:
     generator_name: str
     gen_size: int
     gen_steps: int
+    gen_vae: str = ""  # AutoencoderTiny source replacing the pipeline's VAE ("" = its own)
 
 
 def _cached(repo_id: str, filenames: tuple[str, ...]) -> bool:
@@ -174,6 +181,8 @@ def missing_standard_models(settings: ModelSettings) -> list[str]:
         missing.append(settings.llm)
     if not _local_or_cached(settings.generator, ("model_index.json",)):
         missing.append(settings.generator)
+    if settings.gen_vae and not _local_or_cached(settings.gen_vae, ("config.json",)):
+        missing.append(settings.gen_vae)
     return missing
 
 
@@ -245,7 +254,10 @@ def model_plan(settings: ModelSettings | None = None) -> ModelPlan:
         llm_source=settings.llm,
         llm_name=llm_name,
         generator_source=settings.generator,
-        generator_name=f"diffusers:{settings.generator}",
+        # The decoder changes the pixels, so it is part of the name (evaluation caches key on it).
+        generator_name=f"diffusers:{settings.generator}"
+        + (f"+vae:{settings.gen_vae}" if settings.gen_vae else ""),
         gen_size=settings.gen_size or DEFAULT_GEN_SIZE,
         gen_steps=settings.gen_steps or DEFAULT_GEN_STEPS,
+        gen_vae=settings.gen_vae,
     )

