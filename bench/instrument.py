@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 class Meter:
@@ -240,7 +240,8 @@ def closing_thread_connections() -> Iterator[None]:
 
 
 class EventTap:
-    """Receives a search session's websocket events from the channel layer, with arrival times.
+    """Receives a search session's websocket events from the channel layer, with arrival times
+    (``events[i]`` arrived at ``arrived[i]``). The tests' ``EventRecorder`` builds on it.
 
     A receive is never cancelled while events may arrive (only at the end): channels_redis can
     lose a message whose blocking pop is cancelled just as it returns.
@@ -248,14 +249,15 @@ class EventTap:
 
     def __init__(self, group: str) -> None:
         self.group = group
-        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.events: list[dict[str, Any]] = []
+        self.arrived: list[float] = []
         self._cond = threading.Condition()
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
 
-    def __enter__(self) -> EventTap:
+    def __enter__(self) -> Self:
         self._thread.start()
         if not self._ready.wait(20):
             raise RuntimeError("the event tap did not subscribe")
@@ -284,7 +286,8 @@ class EventTap:
                     receiving.cancel()
                     break
                 with self._cond:
-                    self.events.append((time.perf_counter(), receiving.result()["event"]))
+                    self.arrived.append(time.perf_counter())
+                    self.events.append(receiving.result()["event"])
                     self._cond.notify_all()
         finally:
             await layer.group_discard(self.group, channel)
@@ -293,7 +296,8 @@ class EventTap:
         """Arrival time of the first event matching ``predicate``."""
 
         def found() -> float | None:
-            return next((t for t, e in self.events if predicate(e)), None)
+            pairs = zip(self.arrived, self.events, strict=True)
+            return next((t for t, e in pairs if predicate(e)), None)
 
         with self._cond:
             if not self._cond.wait_for(lambda: found() is not None, timeout):

@@ -12,6 +12,7 @@ from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from PIL import Image
 
+from bench.instrument import EventTap
 from catalog.models import Catalog, CatalogItem, Shop
 from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
 
@@ -157,74 +158,28 @@ def embedded_catalog(n_items: int = 12, **catalog_fields: Any) -> Catalog:
     return catalog
 
 
-class EventRecorder:
+class EventRecorder(EventTap):
     """Records a search session's websocket events straight from the channel layer (Redis).
 
     Runs its own event loop in a thread so that sync tests can watch the events a Celery worker
-    emits: ``with EventRecorder(session.pk) as events: ...; events.wait_for(pred)``.
+    emits: ``with EventRecorder(session.pk) as events: ...; events.wait_for(pred)``. The
+    listening is the benchmarks' ``EventTap``.
     """
 
     def __init__(self, session_id: object) -> None:
-        import threading
-
         from retrieval.services.events import group_name
 
-        self.group = group_name(session_id)
-        self.events: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._loop: Any = None
-        self._stop: Any = None
-
-    def __enter__(self) -> EventRecorder:
-        self._thread.start()
-        assert self._ready.wait(20), "the event recorder did not subscribe"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(20)
-
-    def _run(self) -> None:
-        import asyncio
-
-        asyncio.run(self._listen())
-
-    async def _listen(self) -> None:
-        import asyncio
-
-        from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
-
-        # A layer of its own: channels_redis lets only one event loop receive per layer object.
-        layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
-        channel = await layer.new_channel()
-        await layer.group_add(self.group, channel)
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self._ready.set()
-        stopping = asyncio.ensure_future(self._stop.wait())
-        try:
-            while True:
-                receiving = asyncio.ensure_future(layer.receive(channel))
-                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not receiving.done():
-                    receiving.cancel()
-                    break
-                with self._changed:
-                    self.events.append(receiving.result()["event"])
-                    self._changed.notify_all()
-        finally:
-            await layer.group_discard(self.group, channel)
+        super().__init__(group_name(session_id))
 
     def wait_for(self, predicate: Any, timeout: float = 180) -> list[dict[str, Any]]:
         """Block until ``predicate(events)`` holds; fail the test after ``timeout`` seconds."""
-        with self._changed:
-            ok = self._changed.wait_for(lambda: predicate(self.events), timeout)
+        with self._cond:
+            ok = self._cond.wait_for(lambda: predicate(self.events), timeout)
             assert ok, f"events never satisfied the condition: {self.events}"
             return list(self.events)
 
     def of(self, kind: str, turn: int | None = None) -> list[dict[str, Any]]:
-        with self._changed:
+        with self._cond:
             return [
                 e for e in self.events if e["type"] == kind and (turn is None or e["turn"] == turn)
             ]
