@@ -286,8 +286,9 @@ class EventTap:
                     receiving.cancel()
                     break
                 with self._cond:
-                    self.arrived.append(time.perf_counter())
-                    self.events.append(receiving.result()["event"])
+                    batch = receiving.result()["events"]
+                    self.arrived += [time.perf_counter()] * len(batch)
+                    self.events += batch
                     self._cond.notify_all()
         finally:
             await layer.group_discard(self.group, channel)

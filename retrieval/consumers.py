@@ -92,8 +92,9 @@ class SearchConsumer(AsyncWebsocketConsumer):
                 "unknown_type", f"Unknown message type {kind!r}: use message, feedback or restore."
             )
 
-    async def search_event(self, message: dict[str, Any]) -> None:
-        await self._send(message["event"])
+    async def search_events(self, message: dict[str, Any]) -> None:
+        for event in message["events"]:
+            await self._send(event)
 
     async def _send_state(self) -> None:
         assert self.session is not None

@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "encoder compiled); batched runs use the first",
     )
     p.add_argument("--long-tokens", type=int, default=160, help="also time an LLM answer this long")
+    p.add_argument(
+        "--fields",
+        type=int,
+        default=2,
+        help="also time a refine decoded with parallel fields (DAR_LLM_FIELDS): this many rows "
+        "per session (description + prompts), --new-tokens each",
+    )
     p.add_argument("--budget-s", type=float, default=None, help="start no new run after this")
     p.add_argument("--json", type=Path, default=None, help="write all figures here as they come")
     p.add_argument(
@@ -332,6 +339,10 @@ def run(turn: Turn, device: str, sessions: int, args: argparse.Namespace) -> dic
     # A product-length answer (description plus prompts), LLM only.
     for i in range(args.warmup + 5):
         watch.run("llm_long", lambda: turn.generate_text(sessions, args.long_tokens), i >= 2)
+    # The product's refine with parallel fields: one row per field, all decoded together.
+    rows = sessions * args.fields
+    for i in range(args.warmup + 5):
+        watch.run("llm_fields", lambda: turn.generate_text(rows), i >= 2)
     return watch.times
 
 
@@ -354,7 +365,7 @@ def summarise(times: dict[str, list[float]], sessions: int) -> dict[str, Any]:
 
 def report(summary: dict[str, Any]) -> None:
     print(f"{'stage':<16}{'p50 ms':>10}{'p95 ms':>10}")
-    for stage in (*STAGES, "turn_total", "llm_long"):
+    for stage in (*STAGES, "turn_total", "llm_long", "llm_fields"):
         if stage in summary:
             row = summary[stage]
             print(f"{stage:<16}{row['p50_ms']:>10.1f}{row['p95_ms']:>10.1f}")

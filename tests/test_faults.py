@@ -309,7 +309,7 @@ def test_redis_restart_web_and_worker_reconnect(transactional_db: None, tmp_path
         async def go() -> bool:
             channel = await layer.new_channel()
             await layer.group_add("faults", channel)
-            await layer.group_send("faults", {"type": "search.event", "tag": tag})
+            await layer.group_send("faults", {"type": "search.events", "tag": tag})
             message = await asyncio.wait_for(layer.receive(channel), timeout=5)
             await layer.group_discard("faults", channel)
             return bool(message["tag"] == tag)

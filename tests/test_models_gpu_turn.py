@@ -62,5 +62,6 @@ def test_gpu_turn_tiny_smoke(tmp_path: Path) -> None:
     runs = [(run["variant"], run["sessions"]) for run in figures["runs"]]
     assert runs == [("fast", 1), ("fast", 2), ("generate", 1)]
     assert all(run["turn_total"]["p50_ms"] > 0 and "llm_long" in run for run in figures["runs"])
+    assert all(run["llm_fields"]["p50_ms"] > 0 for run in figures["runs"])
     # The fast decoder continued the check prompt exactly like the eager one.
     assert figures["decoder_check"]["token_agreement"] == 1.0

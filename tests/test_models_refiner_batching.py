@@ -107,6 +107,39 @@ def test_batched_dialogues_answer_as_alone_with_static_caches(smollm2: Any) -> N
         assert shapes() == seen  # the same caches again: no new shapes
 
 
+@pytest.mark.parametrize("static_cache", [False, True], ids=["kept-cache", "static-caches"])
+def test_parallel_fields_are_rows_of_one_batch_that_answer_as_each_field_alone(
+    smollm2: Any, static_cache: bool
+) -> None:
+    """DAR_LLM_FIELDS=parallel: the description and each prompt start right after the prompt, as
+    rows of one batch (one decoding loop, as long as the longest field), and each row answers as
+    that field decoded by itself."""
+    from workers.models import prompts
+
+    dialogue = DIALOGUES[0]
+    fields = smollm2._refine_fields(2)
+    messages = prompts.refine_messages(dialogue, 2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(smollm2, "static_cache", static_cache)
+        patch.setattr(smollm2, "cache_tokens", 256)
+        patch.setattr(smollm2, "_decoders", {})
+        patch.setattr(smollm2._batcher, "max_batch", 1)  # a refine is one request, never split
+        each_alone = [smollm2._fill(messages, [field]) for field in fields]
+        patch.setattr(smollm2, "parallel_fields", True)
+        before = smollm2.batches_run
+        answer = smollm2._refine_raw(dialogue, 2)
+        assert smollm2.batches_run == before + 1
+        patch.setattr(smollm2, "parallel_fields", False)
+        sequential = smollm2._refine_raw(dialogue, 2)
+    assert answer == "".join(each_alone)
+    lines = answer.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["DESCRIPTION", "PROMPT 1", "PROMPT 2"]
+    assert all(len(line.split(":", 1)[1].strip()) > 0 for line in lines)
+    # Sequential fields (the CPU default) give the same description, the first field either way;
+    # only the prompt lines may differ, as they no longer see the description.
+    assert sequential.splitlines()[0] == lines[0]
+
+
 def test_a_failed_batch_reaches_every_caller_and_the_next_batch_works(
     smollm2: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

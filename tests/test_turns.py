@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 from celery import current_app
+from django.core.files.storage import default_storage
 from django.utils import timezone
 from PIL import Image
 
 from catalog.models import CatalogItem, ItemEmbedding
 from catalog.services import vectors
 from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
-from retrieval.services import feedback, pipeline, ranking, turns
+from retrieval.services import feedback, pipeline, previews, ranking, turns
 from tests.factories import (
     CatalogItemFactory,
     EventRecorder,
@@ -26,6 +27,7 @@ from tests.factories import (
     embedded_catalog,
     limit_llm_tokens,
 )
+from tests.faultkit import wait_for
 from workers.tasks.search import sweep_stuck_turns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -262,6 +264,42 @@ def test_turn_over_its_time_limit_fails_with_timeout(models: None, settings: Any
     assert turn.finished_at is not None and "total" in turn.timings
     assert events.of("error")[0]["code"] == "timeout"
     assert not events.of("turn.done")
+
+
+def test_a_turn_failing_after_its_previews_were_painted_leaves_no_files(
+    models: None, monkeypatch: Any, settings: Any
+) -> None:
+    # The preview files are written beside the final ranking; their rows would be stored with the
+    # final results. When the ranking fails, the turn stores neither and removes the files.
+    catalog = embedded_catalog(3)
+    session = SearchSessionFactory.create(catalog=catalog)
+    turn = _new_turn(session, "a green wool scarf")
+    written: list[Preview] = []
+    write = previews._write
+
+    def recording(*args: Any) -> list[Preview]:
+        written.extend(write(*args))
+        return written
+
+    def unavailable(**kwargs: Any) -> Any:
+        raise RuntimeError("the vector index is unavailable")
+
+    monkeypatch.setattr(previews, "_write", recording)
+    monkeypatch.setattr(ranking, "rank", unavailable)
+    with EventRecorder(session.pk) as events:
+        pipeline.run_turn(turn.pk)
+        events.wait_for(lambda evs: any(e["type"] == "error" for e in evs))
+    turn.refresh_from_db()
+    assert (turn.status, turn.error_code) == (Turn.Status.FAILED, "internal")
+    assert not Preview.objects.filter(turn=turn).exists() and not turn.results.exists()
+    assert not events.of("previews") and not events.of("results")
+    assert len(written) == settings.DAR_PREVIEWS_PER_TURN > 0
+    names = [str(p.image.name) for p in written]
+    wait_for(
+        lambda: not any(default_storage.exists(name) for name in names),
+        timeout=30,
+        what="the unstored preview files to be removed",
+    )
 
 
 def test_a_superseded_attempt_writes_nothing(models: None) -> None:

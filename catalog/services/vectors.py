@@ -131,13 +131,14 @@ def search(
         params.append(list(exclude))
     sql += f" ORDER BY (vector::vector({dim})) <#> %s::vector({dim}), item_id LIMIT %s"
     params += [literal, int(k)]
+    if exact:
+        local = {"enable_indexscan": "off", "enable_bitmapscan": "off"}
+    else:
+        local = {"hnsw.ef_search": str(int(ef_search)), "hnsw.iterative_scan": "strict_order"}
     with transaction.atomic(), connection.cursor() as cursor:
-        if exact:
-            cursor.execute("SET LOCAL enable_indexscan = off")
-            cursor.execute("SET LOCAL enable_bitmapscan = off")
-        else:
-            cursor.execute("SET LOCAL hnsw.ef_search = %s", [int(ef_search)])
-            cursor.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+        # SET LOCAL for each, in one round trip: set_config(..., is_local => true).
+        calls = ", ".join("set_config(%s, %s, true)" for _ in local)
+        cursor.execute(f"SELECT {calls}", [part for item in local.items() for part in item])
         cursor.execute(sql, params)
         return [Hit(int(item_id), float(score)) for item_id, score in cursor.fetchall()]
 

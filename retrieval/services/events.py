@@ -2,7 +2,8 @@
 
 Events are plain JSON dicts with a ``type`` and the ``turn`` index; the consumer forwards them to
 the socket unchanged. They are sent through the Channels layer (Redis), so a worker process can
-notify pages served by any web process.
+notify pages served by any web process. One channel message carries one or more events (a turn's
+question and ``turn.done`` go together: one Redis round trip and one delivery instead of two).
 
 Each process sends its events one after another, in the order they were emitted, from one
 long-lived event loop (so its Redis connections are reused). ``emit`` waits until its event is
@@ -20,6 +21,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -31,7 +33,7 @@ EMIT_TIMEOUT = 5.0
 # How long a process that exits waits for the events it has not sent yet.
 FLUSH_TIMEOUT = 2.0
 
-_Item = tuple[Any, object, dict[str, Any], concurrent.futures.Future[None]]
+_Item = tuple[Any, object, list[dict[str, Any]], concurrent.futures.Future[None]]
 
 _lock = threading.Lock()
 _sender: _Sender | None = None
@@ -60,8 +62,8 @@ class _Sender:
 
     async def _drain(self) -> None:
         while True:
-            layer, session_id, event, done = await self.queue.get()
-            await _send(layer, session_id, event)  # never raises: trouble is logged
+            layer, session_id, batch, done = await self.queue.get()
+            await _send(layer, session_id, batch)  # never raises: trouble is logged
             if done.set_running_or_notify_cancel():
                 done.set_result(None)
 
@@ -78,8 +80,8 @@ def _the_sender() -> _Sender:
         return _sender
 
 
-async def _send(layer: Any, session_id: object, event: dict[str, Any]) -> None:
-    message = {"type": "search.event", "event": event}
+async def _send(layer: Any, session_id: object, batch: list[dict[str, Any]]) -> None:
+    message = {"type": "search.events", "events": batch}
     # Two tries: after a Redis restart the first use of a pooled connection fails once.
     for attempt in (1, 2):
         try:
@@ -89,24 +91,24 @@ async def _send(layer: Any, session_id: object, event: dict[str, Any]) -> None:
             if attempt == 2:
                 # A notification lost to Redis trouble must not fail the turn: the page restores
                 # the session from the database when it reconnects.
-                log.exception("could not emit %s for session %s", event.get("type"), session_id)
+                log.exception("could not emit %s for session %s", _types(batch), session_id)
 
 
-def emit(session_id: object, event: dict[str, Any], *, wait: bool = True) -> None:
-    """Send ``event`` to the session's pages after every event this process emitted before it;
-    with ``wait`` (the default), return once it is sent (or given up)."""
+def emit(session_id: object, *batch: dict[str, Any], wait: bool = True) -> None:
+    """Send the events, in order and in one message, to the session's pages after every event this
+    process emitted before; with ``wait`` (the default), return once they are sent (or given up)."""
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not batch:
         return
     done: concurrent.futures.Future[None] = concurrent.futures.Future()
-    _the_sender().put((layer, session_id, event, done))
+    _the_sender().put((layer, session_id, list(batch), done))
     if wait:
         try:
             # Events queued before this one go first, each within its own time limit.
             done.result(timeout=2 * EMIT_TIMEOUT + 1)
         except concurrent.futures.TimeoutError:
             done.cancel()
-            log.error("gave up waiting to emit %s for session %s", event.get("type"), session_id)
+            log.error("gave up waiting to emit %s for session %s", _types(batch), session_id)
 
 
 def flush(timeout: float = FLUSH_TIMEOUT) -> None:
@@ -116,12 +118,16 @@ def flush(timeout: float = FLUSH_TIMEOUT) -> None:
         return
     # A marker behind everything queued: it completes once the events before it went out.
     done: concurrent.futures.Future[None] = concurrent.futures.Future()
-    sender.put((_Marker(), None, {}, done))
+    sender.put((_Marker(), None, [], done))
     try:
         done.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
         done.cancel()
         log.warning("%s event(s) may not have been sent", sender.queue.qsize())
+
+
+def _types(batch: Sequence[dict[str, Any]]) -> str:
+    return ", ".join(str(event.get("type")) for event in batch)
 
 
 class _Marker:

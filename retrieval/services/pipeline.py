@@ -4,21 +4,22 @@
    provisional results at once;
 2. refine (``run_turn``, the gpu worker, from here on): the LLM rewrites the whole dialogue into one
    description and k visual prompts;
-3. generate: k previews painted from the prompts with a seed fixed per session and turn;
+3. generate: k previews painted from the prompts with a seed fixed per session and turn (their
+   files are written beside the next stage, ``previews``);
 4. rank: fuse text and preview similarities (paper weights, optional product text and feedback)
-   into one pgvector query and publish the final results;
+   into one pgvector query; store the previews and the final results and publish them together;
 5. ask: optionally, the LLM proposes one clarifying question.
 
 The text stage runs on a queue of its own so that first results never wait behind other
 sessions' LLM work; the gpu task starts on the same turn at the same time and does not wait for
 it. Whoever stores results first wins: provisional results are written only while the turn has
 no results at all, under the turn's row lock, and announced before that lock is released, so they
-always reach the page before the final ones. The gpu task checks, before its final ranking, that
+always reach the page before the final ones. The gpu task stores its final results only once
 provisional results exist, and ranks by text itself when the text stage failed or is late: a turn
 is complete whatever happens to its text stage. A rerun after a lost gpu attempt redoes the text
 stage itself, first, since the dead attempt's output is removed.
 
-Each stage emits its event as soon as it is stored. Gpu attempts are fenced: every write checks
+Each stage emits its events as soon as they are stored. Gpu attempts are fenced: every write checks
 (in its own statement, or under a row lock) that the turn is still RUNNING under this attempt's
 number, so a redelivered task or the sweeper can take a turn over and the stale attempt's writes
 are dropped. Each stage writes in one statement or one transaction.
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import logging
 import time
@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
@@ -54,7 +53,7 @@ from catalog.services.vectors import Hit
 from retrieval.models import Preview, SearchSession, Turn, TurnResult
 from workers.models.protocols import Dialogue, Refinement
 
-from . import events, payloads, ranking
+from . import events, payloads, previews, ranking
 from .feedback import feedback_items
 from .turns import ACTIVE, fail_turn, sweep_stuck_turns
 
@@ -126,7 +125,7 @@ def run_text_stage(turn_id: int) -> None:
 
     Raises ``TurnNotReady`` while the session's previous turn is unfinished (the task retries), so
     turns stay in order and each sees the feedback given before it. Never fails the turn: on any
-    error the gpu task ranks by text itself before its final ranking.
+    error the gpu task ranks by text itself before it stores its final results.
     """
     turn = (
         Turn.objects.select_related("session")
@@ -361,13 +360,21 @@ class _TurnRun:
         refinement = self._stage("refine", lambda: self._refine(refiner, dialogue, k))
         self._save_refinement(refinement, k)
 
-        images, has_provisional = self._stage("generate", lambda: self._generate(k))
-        if not has_provisional:
-            # The text stage failed or is late: rank by text here, so that the turn is whole.
-            self._text_stage(liked, disliked)
-
-        hits, items = self._stage("rank", lambda: self._final_ranking(images, liked, disliked))
-        self._save_final(hits, items)
+        images, seed = self._stage("generate", lambda: self._generate(k))
+        files = previews.write(self.turn, self.attempt, self.turn.prompts, images, seed)
+        try:
+            hits, items = self._stage("rank", lambda: self._final_ranking(images, liked, disliked))
+            # Waiting for the files, if the ranking was quicker, is part of painting previews.
+            stored = self._stage("generate", files.result)
+            if not self._save_final(hits, items, stored):
+                # The text stage failed or is late: rank by text here (provisional results go
+                # out first), then store the final ones.
+                self._text_stage(liked, disliked)
+                if not self._save_final(hits, items, stored):
+                    raise RuntimeError(f"turn {turn.pk}: provisional results vanished")
+        except BaseException:
+            previews.discard(files)
+            raise
 
         # The final results are out: from here on the turn succeeds. A question is optional, so
         # running out of time while asking only drops the question.
@@ -407,15 +414,14 @@ class _TurnRun:
         prompts = [prompts[i % len(prompts)] for i in range(k)]
         return Refinement(description=description, prompts=prompts, fallback=refinement.fallback)
 
-    def _generate(self, k: int) -> tuple[list[Image.Image], bool]:
-        """The previews, stored; and whether the turn has provisional results by now."""
+    def _generate(self, k: int) -> tuple[list[Image.Image], int]:
+        """The previews' images and the seed of the first."""
+        seed = turn_seed(self.turn.session_id, self.turn.index)
         if k == 0 or not self.turn.prompts:
-            return [], self._save_previews([], 0)
+            return [], seed
         from workers.models.registry import get_generator
 
-        seed = turn_seed(self.turn.session_id, self.turn.index)
-        images = get_generator().generate(list(self.turn.prompts), seed)
-        return images, self._save_previews(images, seed)
+        return get_generator().generate(list(self.turn.prompts), seed), seed
 
     def _final_ranking(
         self, images: list[Image.Image], liked: list[int], disliked: list[int]
@@ -493,44 +499,26 @@ class _TurnRun:
         )
         self._emit(payloads.refined_event(self.turn))
 
-    def _save_previews(self, images: list[Image.Image], seed: int) -> bool:
-        """Store the previews (files, then rows in one transaction); returns whether the turn has
-        provisional results."""
-        previews = []
-        for j, image in enumerate(images):
-            buffer = io.BytesIO()
-            # Lossless: the stored preview is exactly the image the ranking encoded, so the
-            # fused query can be recomputed from the database (analysts, tests).
-            image.convert("RGB").save(buffer, format="PNG")
-            preview = Preview(turn=self.turn, index=j, prompt=self.turn.prompts[j], seed=seed + j)
-            # The attempt number keeps a rerun from colliding with a dead attempt's file.
-            name = f"{self.turn.session_id}-t{self.turn.index}-a{self.attempt}-{j}.png"
-            preview.image.save(name, ContentFile(buffer.getvalue()), save=False)
-            previews.append(preview)
-        try:
-            with transaction.atomic():
-                has_provisional = bool(self._locked()["has_provisional"])
-                Preview.objects.bulk_create(previews)
-        except BaseException:
-            for preview in previews:  # files of an attempt that could not store them
-                default_storage.delete(str(preview.image.name))
-            raise
-        self._emit(payloads.previews_event(self.turn, previews))
-        return has_provisional
-
-    def _save_final(self, hits: list[Hit], items: dict[int, CatalogItem]) -> None:
+    def _save_final(
+        self, hits: list[Hit], items: dict[int, CatalogItem], stored: list[Preview]
+    ) -> bool:
+        """Store the previews' rows and the final results in one transaction and announce them
+        together; returns False (storing nothing) while the turn has no provisional results."""
         results = _result_rows(self.turn, hits, items, final=True)
         with transaction.atomic():
             _lock_results(self.turn.pk)  # after any provisional results' event (see above)
             row = self._locked("timings")
             if not row["has_provisional"]:
-                # Provisional results were there (or stored by this attempt) after the previews;
-                # only a rerun removes results, and that takes the turn over (no row above).
-                raise RuntimeError(f"turn {self.turn.pk}: provisional results vanished")
+                return False
+            Preview.objects.bulk_create(stored)
             TurnResult.objects.bulk_create(results)
         # The text stage's timing, stored by whoever ran it, joins this attempt's.
         self.timings = {**row["timings"], **self.timings}
-        self._emit(payloads.results_event(self.turn, results, final=True))
+        self._emit(
+            payloads.previews_event(self.turn, stored),
+            payloads.results_event(self.turn, results, final=True),
+        )
+        return True
 
     def _finish(self, question: str | None) -> None:
         self.timings["total"] = self._elapsed_ms()
@@ -546,9 +534,12 @@ class _TurnRun:
             encoder_name=self.turn.encoder_name,
             finished_at=timezone.now(),
         )
+        done = {"type": "turn.done", "turn": self.turn.index, "timings": dict(self.timings)}
         if question:
-            self._emit({"type": "question", "turn": self.turn.index, "question": question})
-        self._emit({"type": "turn.done", "turn": self.turn.index, "timings": dict(self.timings)})
+            # One message: the turn's last event reaches the page without a second round trip.
+            self._emit({"type": "question", "turn": self.turn.index, "question": question}, done)
+        else:
+            self._emit(done)
 
     def _fail(self, code: str, message: str) -> None:
         self.timings["total"] = self._elapsed_ms()
@@ -574,10 +565,10 @@ class _TurnRun:
     def _elapsed_ms(self) -> int:
         return round((time.monotonic() - self.started) * 1000)
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _emit(self, *batch: dict[str, Any]) -> None:
         # The stages do not wait for Redis: this process sends its events in order, and the only
         # event another process's must follow (the text-only results) is sent waiting.
-        events.emit(self.turn.session_id, event, wait=False)
+        events.emit(self.turn.session_id, *batch, wait=False)
 
 
 # --- shared helpers --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dar_site.env import env_bool, env_int
+from dar_site.env import env_bool, env_choice, env_int
 
 from . import prompts
 from .decoding import GreedyDecoder
@@ -39,6 +39,12 @@ ASK_MAX_TOKENS = env_int("DAR_LLM_QUESTION_TOKENS", 48, min=4, max=1024)
 COMPILE = env_bool("DAR_LLM_COMPILE", False)
 # CUDA: static KV caches hold this many tokens, or this times a power of two for longer prompts.
 CACHE_TOKENS = env_int("DAR_LLM_CACHE_TOKENS", 1024, min=64, max=131072)
+# How a refine's fields (description, prompt 1..k) are decoded: "sequential" (each after the one
+# before, seeing it) or "parallel" (each from the dialogue alone, as rows of one batch). On a GPU
+# a decoding step costs about the same for a few rows as for one (it streams the weights), so
+# parallel fields make a refine cost its longest field instead of the sum of all; on a CPU the
+# extra rows cost compute. "auto": parallel on CUDA, sequential elsewhere.
+FIELDS = env_choice("DAR_LLM_FIELDS", "auto", ["auto", "sequential", "parallel"])
 
 
 @functools.cache
@@ -188,6 +194,9 @@ class HFChatRefiner(_ChatRefiner):
     into the assistant turn and the model completes that one line. A model that follows the format
     gives (greedily) essentially the answer it would give in one pass; small models that stop
     early or wander off are kept on the requested structure.
+    With ``parallel_fields`` (``DAR_LLM_FIELDS``, default: on CUDA) each field is decoded from the
+    prompt alone, as its own row: a prompt line does not see the description, but the refine
+    takes as long as its longest field instead of all of them in a row.
 
     Concurrent ``refine``/``ask`` calls (the worker's threads) are decoded together: a
     ``MicroBatcher`` merges up to ``max_batch`` dialogues, whose rows are left-padded into one
@@ -222,6 +231,7 @@ class HFChatRefiner(_ChatRefiner):
         static_cache: bool | None = None,
         compile: bool | None = None,
         cache_tokens: int | None = None,
+        parallel_fields: bool | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -233,6 +243,9 @@ class HFChatRefiner(_ChatRefiner):
         self.static_cache = self.cuda if static_cache is None else static_cache
         self.compile = (COMPILE if compile is None else compile) and self.cuda
         self.cache_tokens = cache_tokens or CACHE_TOKENS
+        if parallel_fields is None:
+            parallel_fields = FIELDS == "parallel" or (FIELDS == "auto" and self.cuda)
+        self.parallel_fields = parallel_fields
         path = Path(source).expanduser()
         kwargs: dict[str, Any] = {}
         model_source = source
@@ -296,9 +309,16 @@ class HFChatRefiner(_ChatRefiner):
         return decoding_config(self._model.generation_config, max_tokens)
 
     def _fill(self, messages: list[prompts.Message], fields: list[tuple[str, int]]) -> str:
-        """Write each label into the assistant turn and let the model complete that line."""
-        job = _Job(self._encode(self._chat_prefix(messages)), fields)
-        return self._batcher([job])[0]
+        """Write each label into the assistant turn and let the model complete that line.
+
+        Sequential fields are one job (each line continues the answer so far); parallel fields
+        are one job each, all starting right after the prompt, decoded as rows of one batch
+        (one request: the batcher never splits it) and joined in order.
+        """
+        prefix = self._encode(self._chat_prefix(messages))
+        if not self.parallel_fields or len(fields) < 2:
+            return self._batcher([_Job(prefix, fields)])[0]
+        return "".join(self._batcher([_Job(prefix, [f]) for f in fields]))
 
     def _decode(self, jobs: list[_Job]) -> list[str]:
         """Decode every field of ``jobs`` as one batch; one answer per job, in order."""
@@ -445,10 +465,12 @@ class HFChatRefiner(_ChatRefiner):
             )
         return decoder
 
-    def _refine_raw(self, dialogue: Dialogue, k: int) -> str:
+    def _refine_fields(self, k: int) -> list[tuple[str, int]]:
         fields = [(prompts.REFINE_PREFILL, DESCRIPTION_TOKENS)]
-        fields += [(f"PROMPT {i}:", PROMPT_TOKENS) for i in range(1, k + 1)]
-        return self._fill(prompts.refine_messages(dialogue, k), fields)
+        return fields + [(f"PROMPT {i}:", PROMPT_TOKENS) for i in range(1, k + 1)]
+
+    def _refine_raw(self, dialogue: Dialogue, k: int) -> str:
+        return self._fill(prompts.refine_messages(dialogue, k), self._refine_fields(k))
 
     def _ask_raw(self, dialogue: Dialogue, candidates: Sequence[str]) -> str:
         messages = prompts.ask_messages(dialogue, candidates)
