@@ -266,6 +266,9 @@ DAR_RATE_LIMIT_ADDRESS_TURNS = env_int(
 DAR_FEEDBACK_EXCLUDE_DISLIKED = env_bool("DAR_FEEDBACK_EXCLUDE_DISLIKED", True)
 # A turn whose worker died this many times is failed ("worker_lost") instead of rerun again.
 DAR_TURN_MAX_ATTEMPTS = env_int("DAR_TURN_MAX_ATTEMPTS", 3, min=1)
+# A turn's tasks commit without waiting for PostgreSQL's WAL flush (synchronous_commit off): what
+# they write is derived from the stored message, see retrieval/services/durability.py.
+DAR_TURN_ASYNC_COMMIT = env_bool("DAR_TURN_ASYNC_COMMIT", True)
 # Celery beat runs the stuck-turn sweeper this often (pages also sweep when they connect).
 DAR_SWEEP_INTERVAL = env_int("DAR_SWEEP_INTERVAL", 60, min=5)
 CELERY_BEAT_SCHEDULE = {

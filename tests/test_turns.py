@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from celery import current_app
 from django.core.files.storage import default_storage
+from django.db import connection
 from django.utils import timezone
 from PIL import Image
 
@@ -300,6 +301,37 @@ def test_a_turn_failing_after_its_previews_were_painted_leaves_no_files(
         timeout=30,
         what="the unstored preview files to be removed",
     )
+
+
+def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
+    models: None, monkeypatch: Any, settings: Any
+) -> None:
+    # Their writes are derived from the stored message (retrieval/services/durability.py); the
+    # setting ends with the task, since workers keep their connection for the next one.
+    def synchronous_commit() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return str(cursor.fetchone()[0])
+
+    seen: list[str] = []
+    lock_results = pipeline._lock_results
+
+    def recording(turn_id: int) -> None:
+        seen.append(synchronous_commit())  # inside the text stage's and the final write
+        lock_results(turn_id)
+
+    monkeypatch.setattr(pipeline, "_lock_results", recording)
+    session = SearchSessionFactory.create(catalog=embedded_catalog(3))
+    for async_commit in (True, False):
+        settings.DAR_TURN_ASYNC_COMMIT = async_commit
+        turn = _new_turn(session, f"a blue umbrella, {async_commit}")
+        pipeline.run_text_stage(turn.pk)
+        pipeline.run_turn(turn.pk)
+        turn.refresh_from_db()
+        assert turn.status == Turn.Status.DONE and turn.results.filter(final=True).exists()
+        assert seen == ["off" if async_commit else "on"] * 2
+        assert synchronous_commit() == "on"
+        seen.clear()
 
 
 def test_a_superseded_attempt_writes_nothing(models: None) -> None:

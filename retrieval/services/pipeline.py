@@ -53,7 +53,7 @@ from catalog.services.vectors import Hit
 from retrieval.models import Preview, SearchSession, Turn, TurnResult
 from workers.models.protocols import Dialogue, Refinement
 
-from . import events, payloads, previews, ranking
+from . import durability, events, payloads, previews, ranking
 from .feedback import feedback_items
 from .turns import ACTIVE, fail_turn, sweep_stuck_turns
 
@@ -140,7 +140,8 @@ def run_text_stage(turn_id: int) -> None:
     try:
         liked, disliked = feedback_items(turn.session_id)
         found = text_ranking(turn, turn.session.catalog_id, liked, disliked)
-        store_provisional(turn, found)
+        with durability.derived_writes():
+            store_provisional(turn, found)
     except Exception:
         log.exception("turn %s: text stage failed; the gpu task will rank by text", turn.pk)
 
@@ -224,9 +225,10 @@ def run_turn(turn_id: int) -> None:
     Raises ``TurnNotReady`` while the session's previous turn is unfinished (the task retries).
     Every failure ends the turn as FAILED with an ``error`` event; nothing is re-raised.
     """
-    claimed = _claim(turn_id)
-    if claimed is not None:
-        _TurnRun(claimed).run()
+    with durability.derived_writes():
+        claimed = _claim(turn_id)
+        if claimed is not None:
+            _TurnRun(claimed).run()
 
 
 def _claim(turn_id: int) -> Turn | None:
