@@ -65,6 +65,17 @@ def offline_models() -> dict[str, Any]:
 
 
 @pytest.fixture
+def turn_models(offline_models: dict[str, Any], monkeypatch: Any, settings: Any) -> None:
+    """The offline models with short LLM answers, for tests that run turns on CPU."""
+    from tests.factories import limit_llm_tokens
+
+    limit_llm_tokens(monkeypatch)
+    # A loaded 2-core CI machine can be slow; the limit itself is tested with its own value.
+    settings.DAR_TURN_TIME_LIMIT = 900
+    settings.DAR_ASK_QUESTIONS = False
+
+
+@pytest.fixture
 def start_worker(transactional_db: None, offline_models: dict[str, Any]) -> Any:
     """``with start_worker(name, queues): ...`` runs a real Celery worker (threads of this
     process) on the given queues while the block lasts.

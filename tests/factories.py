@@ -208,6 +208,15 @@ def shop_admin(shop: Shop | None = None, **user_fields: Any) -> Any:
     return user
 
 
+def new_turn(session: SearchSession, text: str) -> Turn:
+    """The session's next turn, stored as ``submit_message`` stores it, without sending its tasks
+    (the test runs them)."""
+    previous = list(session.turns.order_by("index").values_list("message", flat=True))
+    return Turn.objects.create(
+        session=session, index=len(previous), message=text, context=[*previous, text]
+    )
+
+
 def limit_llm_tokens(monkeypatch: Any, tokens: int = 10) -> None:
     """Short LLM answers for tests: SmolLM2 on a CI CPU decodes a few tokens per second.
 

@@ -20,7 +20,7 @@ from tests.factories import (
     TurnFactory,
     TurnResultFactory,
     embedded_catalog,
-    limit_llm_tokens,
+    new_turn,
 )
 from tests.faultkit import wait_for
 
@@ -29,20 +29,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MESSAGE = "a small red ceramic mug"
 
 
-@pytest.fixture
-def models(offline_models: Any, monkeypatch: Any, settings: Any) -> None:
-    limit_llm_tokens(monkeypatch)
-    settings.DAR_TURN_TIME_LIMIT = 900  # a loaded CI machine is slow; not under test here
-    settings.DAR_ASK_QUESTIONS = False
-
-
 def _session(n_items: int = 6) -> SearchSession:
     return SearchSessionFactory.create(catalog=embedded_catalog(n_items))
-
-
-def _new_turn(session: SearchSession, text: str = MESSAGE) -> Turn:
-    """A turn stored as ``submit_message`` stores it, without sending its tasks."""
-    return Turn.objects.create(session=session, index=0, message=text, context=[text])
 
 
 def _results(turn: Turn, final: bool) -> list[tuple[int, int, int, float]]:
@@ -57,10 +45,10 @@ def _expected_text_ranking(turn: Turn) -> list[int]:
 
 
 def test_text_stage_publishes_first_and_the_gpu_task_does_not_redo_it(
-    models: None, monkeypatch: Any
+    turn_models: None, monkeypatch: Any
 ) -> None:
     session = _session()
-    turn = _new_turn(session)
+    turn = new_turn(session, MESSAGE)
     with EventRecorder(session.pk) as events:
         pipeline.run_text_stage(turn.pk)
         events.wait_for(lambda evs: bool(evs))
@@ -91,10 +79,10 @@ def test_text_stage_publishes_first_and_the_gpu_task_does_not_redo_it(
 
 
 def test_a_failed_text_stage_leaves_the_turn_to_the_gpu_task(
-    models: None, monkeypatch: Any
+    turn_models: None, monkeypatch: Any
 ) -> None:
     session = _session()
-    turn = _new_turn(session)
+    turn = new_turn(session, MESSAGE)
     real_text_ranking = pipeline.text_ranking
 
     def broken(*args: Any, **kwargs: Any) -> Any:
@@ -121,9 +109,9 @@ def test_a_failed_text_stage_leaves_the_turn_to_the_gpu_task(
     assert "text" in turn.timings
 
 
-def test_a_late_or_redelivered_text_stage_changes_nothing(models: None) -> None:
+def test_a_late_or_redelivered_text_stage_changes_nothing(turn_models: None) -> None:
     session = _session()
-    turn = _new_turn(session)
+    turn = new_turn(session, MESSAGE)
     pipeline.run_text_stage(turn.pk)
     once = _results(turn, final=False)
     with EventRecorder(session.pk) as events:
@@ -187,7 +175,7 @@ def test_text_stage_waits_for_the_previous_turn() -> None:
 
 @pytest.mark.slow
 def test_first_results_do_not_wait_for_a_gpu_worker(
-    models: None, start_worker: Any, settings: Any
+    turn_models: None, start_worker: Any, settings: Any
 ) -> None:
     session = _session()
     with EventRecorder(session.pk) as events:

@@ -26,7 +26,7 @@ from tests.factories import (
     TurnFactory,
     TurnResultFactory,
     embedded_catalog,
-    limit_llm_tokens,
+    new_turn,
 )
 from tests.faultkit import wait_for
 from workers.tasks.search import sweep_stuck_turns
@@ -34,26 +34,10 @@ from workers.tasks.search import sweep_stuck_turns
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def models(offline_models: Any, monkeypatch: Any, settings: Any) -> None:
-    limit_llm_tokens(monkeypatch)
-    # A loaded 2-core CI machine can be slow; the limit itself is tested with its own value.
-    settings.DAR_TURN_TIME_LIMIT = 900
-    settings.DAR_ASK_QUESTIONS = False
-
-
 def _encoder() -> Any:
     from workers.models.registry import get_encoder
 
     return get_encoder()
-
-
-def _new_turn(session: SearchSession, text: str) -> Turn:
-    """Store a turn as ``submit_message`` does, without enqueuing it (the test runs it)."""
-    previous = list(session.turns.order_by("index").values_list("message", flat=True))
-    return Turn.objects.create(
-        session=session, index=len(previous), message=text, context=[*previous, text]
-    )
 
 
 def _explicit_ranking(
@@ -94,13 +78,13 @@ def _assert_ranking(turn: Turn, final: bool, expected: list[tuple[int, float]]) 
 
 
 @pytest.mark.slow
-def test_turns_store_every_stage_and_rank_by_dar_fusion(models: None, settings: Any) -> None:
+def test_turns_store_every_stage_and_rank_by_dar_fusion(turn_models: None, settings: Any) -> None:
     settings.DAR_ASK_QUESTIONS = True
     catalog = embedded_catalog(10)
     session = SearchSessionFactory.create(catalog=catalog)
     encoder = _encoder()
 
-    turn = _new_turn(session, "a small red ceramic mug")
+    turn = new_turn(session, "a small red ceramic mug")
     with EventRecorder(session.pk) as events:
         pipeline.run_text_stage(turn.pk)  # the interactive worker's task
         pipeline.run_turn(turn.pk)  # the gpu worker's
@@ -154,7 +138,7 @@ def test_turns_store_every_stage_and_rank_by_dar_fusion(models: None, settings: 
     feedback.record_feedback(session, liked, 1)
     settings.DAR_ASK_QUESTIONS = False
     settings.DAR_WEIGHT_PRODUCT_TEXT = 0.4
-    second = _new_turn(session, "with a white handle")
+    second = new_turn(session, "with a white handle")
     # The gpu task alone, as when the text stage failed: it ranks by text itself.
     pipeline.run_turn(second.pk)
     second.refresh_from_db()
@@ -196,13 +180,13 @@ def test_turns_store_every_stage_and_rank_by_dar_fusion(models: None, settings: 
 
 @pytest.mark.slow
 def test_redelivered_running_turn_restarts_cleanly(
-    models: None, settings: Any, celery_worker: Any
+    turn_models: None, settings: Any, celery_worker: Any
 ) -> None:
     settings.DAR_PREVIEWS_PER_TURN = 2
     catalog = embedded_catalog(6)
     session = SearchSessionFactory.create(catalog=catalog)
     # What a worker that died mid-turn leaves behind: RUNNING, a preview file, some results.
-    turn = _new_turn(session, "a green wool scarf")
+    turn = new_turn(session, "a green wool scarf")
     Turn.objects.filter(pk=turn.pk).update(
         status=Turn.Status.RUNNING, attempts=1, started_at=timezone.now(), refined_query="stale"
     )
@@ -252,10 +236,10 @@ def test_turns_wait_for_their_predecessor() -> None:
     assert waiting.status == Turn.Status.QUEUED and waiting.attempts == 0
 
 
-def test_turn_over_its_time_limit_fails_with_timeout(models: None, settings: Any) -> None:
+def test_turn_over_its_time_limit_fails_with_timeout(turn_models: None, settings: Any) -> None:
     catalog = embedded_catalog(3)
     session = SearchSessionFactory.create(catalog=catalog)
-    turn = _new_turn(session, "a yellow raincoat")
+    turn = new_turn(session, "a yellow raincoat")
     settings.DAR_TURN_TIME_LIMIT = 0  # over the limit as soon as the first stage ends
     with EventRecorder(session.pk) as events:
         pipeline.run_turn(turn.pk)
@@ -268,13 +252,13 @@ def test_turn_over_its_time_limit_fails_with_timeout(models: None, settings: Any
 
 
 def test_a_turn_failing_after_its_previews_were_painted_leaves_no_files(
-    models: None, monkeypatch: Any, settings: Any
+    turn_models: None, monkeypatch: Any, settings: Any
 ) -> None:
     # The preview files are written beside the final ranking; their rows would be stored with the
     # final results. When the ranking fails, the turn stores neither and removes the files.
     catalog = embedded_catalog(3)
     session = SearchSessionFactory.create(catalog=catalog)
-    turn = _new_turn(session, "a green wool scarf")
+    turn = new_turn(session, "a green wool scarf")
     written: list[Preview] = []
     write = previews._write
 
@@ -304,7 +288,7 @@ def test_a_turn_failing_after_its_previews_were_painted_leaves_no_files(
 
 
 def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
-    models: None, monkeypatch: Any, settings: Any
+    turn_models: None, monkeypatch: Any, settings: Any
 ) -> None:
     # Their writes are derived from the stored message (retrieval/services/durability.py); the
     # setting ends with the task, since workers keep their connection for the next one.
@@ -324,7 +308,7 @@ def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
     session = SearchSessionFactory.create(catalog=embedded_catalog(3))
     for async_commit in (True, False):
         settings.DAR_TURN_ASYNC_COMMIT = async_commit
-        turn = _new_turn(session, f"a blue umbrella, {async_commit}")
+        turn = new_turn(session, f"a blue umbrella, {async_commit}")
         pipeline.run_text_stage(turn.pk)
         pipeline.run_turn(turn.pk)
         turn.refresh_from_db()
@@ -334,10 +318,10 @@ def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
         seen.clear()
 
 
-def test_a_superseded_attempt_writes_nothing(models: None) -> None:
+def test_a_superseded_attempt_writes_nothing(turn_models: None) -> None:
     catalog = embedded_catalog(3)
     session = SearchSessionFactory.create(catalog=catalog)
-    turn = _new_turn(session, "a leather belt")
+    turn = new_turn(session, "a leather belt")
     claimed = pipeline._claim(turn.pk)
     assert claimed is not None
     # Meanwhile the sweeper gave up on it: the attempt must not resurrect it.

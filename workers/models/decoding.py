@@ -117,15 +117,8 @@ class GreedyDecoder:
             mask = torch.zeros(batch, self.max_len, dtype=attention_mask.dtype, device=device)
             mask[:, :prompt_len] = attention_mask
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            # Prefill runs eagerly: its shape changes with every prompt.
-            out = self.model(
-                input_ids=input_ids,
-                position_ids=positions,
-                attention_mask=mask,
-                cache=cache,
-                use_cache=True,
-            )
-            token = self._pick(out.logits[:, -1].float(), seen)
+            # Prefill runs the step eagerly: its shape changes with every prompt.
+            token = self._step(input_ids, positions, mask, cache, seen)
             position = positions[:, -1:] + 1
             generated = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
             done = torch.zeros(batch, dtype=torch.bool, device=device)
