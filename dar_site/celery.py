@@ -36,28 +36,19 @@ def _setup_queues(sender: Celery, **_: object) -> None:
 
 @task_prerun.connect
 def _replace_broken_connections(task: Any = None, **_: Any) -> None:
-    """Before each task, drop this thread's database connection if it cannot be trusted.
+    """Before each task, drop this thread's database connections that cannot be trusted.
 
     Workers keep their connections from task to task (``CELERY_DB_REUSE_MAX``), so one that a
-    database restart or a killed backend broke must not be handed to the next task. This is
-    Django's ``close_if_unusable_or_obsolete`` without the age limit, which is the web process's
-    (DB_CONN_MAX_AGE, 0 by default: a connection per request): no round trip unless the last task
-    met a database error.
+    database restart or a killed backend broke must not be handed to the next task.
     """
     if task is None or getattr(task.request, "is_eager", False):
         return  # run in the caller's thread (tests): its connection is the caller's business
     from django.db import connections
 
+    from dar_site.connections import ready_for_next_task
+
     for conn in connections.all(initialized_only=True):
-        if conn.connection is None:
-            continue
-        if conn.in_atomic_block or conn.get_autocommit() != conn.settings_dict["AUTOCOMMIT"]:
-            conn.close()  # left mid-transaction by a task that did not finish cleanly
-        elif conn.errors_occurred:
-            if conn.is_usable():
-                conn.errors_occurred = False
-            else:
-                conn.close()
+        ready_for_next_task(conn)
 
 
 app.autodiscover_tasks(["workers"])

@@ -130,7 +130,7 @@ REDIS_PREFIX = env_str("DAR_REDIS_PREFIX", "dar")
 # outlast the blocking pop (tests/test_faults.py checks an idle receive survives).
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "dar_site.channel_layer.RedisChannelLayer",
         "CONFIG": {
             "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
             "prefix": f"{REDIS_PREFIX}:asgi",

@@ -292,7 +292,7 @@ def _eventually(action: Any, timeout: float) -> Any:
 
 @pytest.mark.slow
 def test_redis_restart_web_and_worker_reconnect(transactional_db: None, tmp_path: Path) -> None:
-    from channels_redis.core import RedisChannelLayer
+    from dar_site.channel_layer import RedisChannelLayer
 
     redis_server = RedisServer(tmp_path)
     redis_server.start()
@@ -355,7 +355,7 @@ async def test_open_page_recovers_after_a_redis_restart(
     redis_server.start()
     layers = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": settings.CHANNEL_LAYERS["default"]["BACKEND"],
             "CONFIG": {
                 "hosts": [_layer_host(redis_server.url)],
                 "prefix": f"{settings.REDIS_PREFIX}:page",

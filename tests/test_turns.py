@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,13 +13,23 @@ import pytest
 from celery import current_app
 from django.core.files.storage import default_storage
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from PIL import Image
 
 from catalog.models import CatalogItem, ItemEmbedding
 from catalog.services import vectors
 from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
-from retrieval.services import feedback, pipeline, previews, ranking, turns
+from retrieval.services import (
+    asking,
+    claims,
+    feedback,
+    finals,
+    pipeline,
+    previews,
+    ranking,
+    turns,
+)
 from tests.factories import (
     CatalogItemFactory,
     EventRecorder,
@@ -29,6 +41,7 @@ from tests.factories import (
     new_turn,
 )
 from tests.faultkit import wait_for
+from workers.models.protocols import Dialogue
 from workers.tasks.search import sweep_stuck_turns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -278,6 +291,10 @@ def test_a_turn_failing_after_its_previews_were_painted_leaves_no_files(
     assert (turn.status, turn.error_code) == (Turn.Status.FAILED, "internal")
     assert not Preview.objects.filter(turn=turn).exists() and not turn.results.exists()
     assert not events.of("previews") and not events.of("results")
+    # What the LLM made of the dialogue is kept with the failure, for the analysts.
+    refined = events.of("query.refined")[0]
+    assert turn.refined_query == refined["description"] and turn.refined_query
+    assert len(turn.prompts) == settings.DAR_PREVIEWS_PER_TURN
     assert len(written) == settings.DAR_PREVIEWS_PER_TURN > 0
     names = [str(p.image.name) for p in written]
     wait_for(
@@ -285,6 +302,96 @@ def test_a_turn_failing_after_its_previews_were_painted_leaves_no_files(
         timeout=30,
         what="the unstored preview files to be removed",
     )
+
+
+def test_the_question_is_asked_while_the_final_results_are_stored(
+    turn_models: None, monkeypatch: Any, settings: Any
+) -> None:
+    from workers.models.registry import get_refiner
+
+    settings.DAR_ASK_QUESTIONS = True
+    session = SearchSessionFactory.create(catalog=embedded_catalog(4))
+    turn = new_turn(session, "a red wool hat")
+    asked = threading.Event()
+    candidates: list[list[str]] = []
+
+    def ask(dialogue: Any, titles: list[str]) -> str:
+        candidates.append(titles)
+        asked.set()
+        return "  Do you want a pompom?  "
+
+    monkeypatch.setattr(get_refiner(), "ask", ask)
+    save_final = pipeline._TurnRun._save_final
+
+    def once_asking(run: Any, *args: Any, **kwargs: Any) -> bool:
+        # Stored in sequence (results, then the question), this would wait in vain.
+        assert asked.wait(60), "the question was not asked before the results were stored"
+        return bool(save_final(run, *args, **kwargs))
+
+    monkeypatch.setattr(pipeline._TurnRun, "_save_final", once_asking)
+    with EventRecorder(session.pk) as events:
+        pipeline.run_text_stage(turn.pk)
+        pipeline.run_turn(turn.pk)
+        events.wait_for(lambda evs: any(e["type"] in ("turn.done", "error") for e in evs))
+    turn.refresh_from_db()
+    assert turn.status == Turn.Status.DONE, turn.error
+    assert turn.question == "Do you want a pompom?" and "ask" in turn.timings
+    final = list(turn.results.filter(final=True).order_by("rank"))
+    assert candidates == [[str(r.item) for r in final[: pipeline.QUESTION_CANDIDATES]]]
+    kinds = [e["type"] for e in events.events]
+    assert kinds[-4:] == ["previews", "results", "question", "turn.done"]
+    assert events.of("question")[0]["question"] == turn.question
+
+
+def test_a_question_that_fails_or_comes_too_late_is_dropped() -> None:
+    class Failing:
+        def ask(self, dialogue: Any, titles: list[str]) -> str:
+            raise RuntimeError("the LLM is out of memory")
+
+    dialogue = Dialogue(caption="a red wool hat", rounds=[])
+    failed = asking.start(Failing(), dialogue, ["a hat"], turn_id=1)
+    assert asking.wait(failed, 60, turn_id=1) == asking.Asked(None, failed.result().ms)
+    never: Future[asking.Asked] = Future()  # an LLM still thinking when the turn's time is up
+    assert asking.wait(never, 0.05, turn_id=1) is None
+
+
+def test_the_final_write_is_one_fenced_statement_after_the_provisional_results() -> None:
+    session = SearchSessionFactory.create()
+    items = CatalogItemFactory.create_batch(3, catalog=session.catalog)
+    turn = TurnFactory.create(session=session, status=Turn.Status.RUNNING, attempts=2)
+    turn.timings = {"text": 9}
+    Turn.objects.filter(pk=turn.pk).update(timings=turn.timings)
+    previews = [Preview(turn=turn, index=0, prompt="a red hat", seed=7, image="previews/h.png")]
+    results = [
+        TurnResult(turn=turn, item=item, final=True, rank=r, score=1 - r / 10)
+        for r, item in enumerate(items, start=1)
+    ]
+    found = {"refined_query": "a red hat", "prompts": ["a red hat"], "weights": {"text": 0.8}}
+
+    def store(attempt: int = 2) -> dict[str, int] | None:
+        return finals.store_final(turn, attempt, found, {"rank": 4}, previews, results)
+
+    # No provisional results yet: nothing is written.
+    assert store() is None
+    assert not turn.previews.exists() and not turn.results.exists()
+    TurnResultFactory.create(turn=turn, item=items[0], final=False, rank=1, score=0.5)
+    with pytest.raises(claims.Superseded):
+        store(attempt=1)  # an older attempt
+    with CaptureQueriesContext(connection) as queries:
+        assert store() == {"text": 9, "rank": 4}
+    assert len(queries) == 1
+    turn.refresh_from_db()
+    assert (turn.refined_query, turn.prompts, turn.weights) == (
+        "a red hat",
+        ["a red hat"],
+        {"text": 0.8},
+    )
+    assert turn.status == Turn.Status.RUNNING and turn.timings == {"text": 9, "rank": 4}
+    stored = list(turn.results.filter(final=True).values_list("item_id", "rank", "score"))
+    assert stored == [(r.item_id, r.rank, pytest.approx(r.score)) for r in results]
+    assert list(turn.previews.values_list("index", "prompt", "seed", "image")) == [
+        (0, "a red hat", 7, "previews/h.png")
+    ]
 
 
 def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
@@ -298,13 +405,18 @@ def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
             return str(cursor.fetchone()[0])
 
     seen: list[str] = []
-    lock_results = pipeline._lock_results
+    lock_results, store_final = pipeline._lock_results, finals.store_final
 
-    def recording(turn_id: int) -> None:
-        seen.append(synchronous_commit())  # inside the text stage's and the final write
+    def in_text_stage(turn_id: int) -> None:
+        seen.append(synchronous_commit())
         lock_results(turn_id)
 
-    monkeypatch.setattr(pipeline, "_lock_results", recording)
+    def in_final_write(*args: Any) -> Any:
+        seen.append(synchronous_commit())
+        return store_final(*args)
+
+    monkeypatch.setattr(pipeline, "_lock_results", in_text_stage)
+    monkeypatch.setattr(finals, "store_final", in_final_write)
     session = SearchSessionFactory.create(catalog=embedded_catalog(3))
     for async_commit in (True, False):
         settings.DAR_TURN_ASYNC_COMMIT = async_commit
@@ -322,10 +434,10 @@ def test_a_superseded_attempt_writes_nothing(turn_models: None) -> None:
     catalog = embedded_catalog(3)
     session = SearchSessionFactory.create(catalog=catalog)
     turn = new_turn(session, "a leather belt")
-    claimed = pipeline._claim(turn.pk)
+    claimed = claims.claim(turn.pk)
     assert claimed is not None
     # Meanwhile the sweeper gave up on it: the attempt must not resurrect it.
-    turns.fail_turn(claimed, "timeout", "too slow")
+    turns.fail_turn(claimed.turn, "timeout", "too slow")
     pipeline._TurnRun(claimed).run()
     turn.refresh_from_db()
     assert (turn.status, turn.error_code) == (Turn.Status.FAILED, "timeout")

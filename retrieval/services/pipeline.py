@@ -2,13 +2,15 @@
 
 1. text (``run_text_stage``, the interactive worker): embed the dialogue text, rank, and publish
    provisional results at once;
-2. refine (``run_turn``, the gpu worker, from here on): the LLM rewrites the whole dialogue into one
-   description and k visual prompts;
+2. refine (``run_turn``, the gpu worker, from here on; ``claims`` starts it): the LLM rewrites the
+   whole dialogue into one description and k visual prompts, announced at once;
 3. generate: k previews painted from the prompts with a seed fixed per session and turn (their
    files are written beside the next stage, ``previews``);
 4. rank: fuse text and preview similarities (paper weights, optional product text and feedback)
-   into one pgvector query; store the previews and the final results and publish them together;
-5. ask: optionally, the LLM proposes one clarifying question.
+   into one pgvector query; store the refinement, the previews and the final results in one
+   transaction and publish them together;
+5. ask: optionally, the LLM proposes one clarifying question; it starts as soon as the ranking is
+   known, beside the storing of the results (``asking``).
 
 The text stage runs on a queue of its own so that first results never wait behind other
 sessions' LLM work; the gpu task starts on the same turn at the same time and does not wait for
@@ -19,30 +21,30 @@ provisional results exist, and ranks by text itself when the text stage failed o
 is complete whatever happens to its text stage. A rerun after a lost gpu attempt redoes the text
 stage itself, first, since the dead attempt's output is removed.
 
-Each stage emits its events as soon as they are stored. Gpu attempts are fenced: every write checks
-(in its own statement, or under a row lock) that the turn is still RUNNING under this attempt's
-number, so a redelivered task or the sweeper can take a turn over and the stale attempt's writes
-are dropped. Each stage writes in one statement or one transaction.
+Between its claim and its final results the gpu task writes nothing: the models never wait for the
+database. A failed attempt stores its refinement with the failure. Gpu attempts are fenced: every
+write checks (in its own statement, or under a row lock) that the turn is still RUNNING under this
+attempt's number, so a redelivered task or the sweeper can take a turn over and the stale
+attempt's writes are dropped. Each write is one statement or one transaction.
 
 Models are imported inside the functions: this module is imported by the web process too.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.core.files.storage import default_storage
-from django.db import DEFAULT_DB_ALIAS, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
@@ -50,12 +52,14 @@ from django.utils import timezone
 from catalog.models import CatalogItem, ItemEmbedding
 from catalog.services import vectors
 from catalog.services.vectors import Hit
-from retrieval.models import Preview, SearchSession, Turn, TurnResult
+from dar_site.connections import replace_if_broken
+from retrieval.models import Preview, Turn, TurnResult
 from workers.models.protocols import Dialogue, Refinement
 
-from . import durability, events, payloads, previews, ranking
-from .feedback import feedback_items
-from .turns import ACTIVE, fail_turn, sweep_stuck_turns
+from . import asking, durability, events, finals, payloads, previews, ranking
+from .claims import Claim, Superseded, TurnNotReady, claim
+from .feedback import feedback_subqueries
+from .turns import ACTIVE, fail_turn
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -71,21 +75,9 @@ ITEM_FIELDS = ("id", "title", "source_name", "image")
 RESULTS_LOCK_SPACE = 0x7E57
 
 
-class TurnNotReady(Exception):
-    """The previous turn of the session has not finished; try again after ``delay`` seconds."""
-
-    def __init__(self, turn_id: int, delay: float = 0.5) -> None:
-        super().__init__(turn_id)
-        self.delay = delay
-
-
 # The text stage polls for its predecessor more often than the gpu task: it is one cheap query,
 # and its whole point is to be quick once the turn may run.
 TEXT_STAGE_POLL = 0.2
-
-
-class Superseded(Exception):
-    """Another attempt (or the sweeper) owns the turn now; this attempt must stop quietly."""
 
 
 class TurnTimeout(Exception):
@@ -127,9 +119,16 @@ def run_text_stage(turn_id: int) -> None:
     turns stay in order and each sees the feedback given before it. Never fails the turn: on any
     error the gpu task ranks by text itself before it stores its final results.
     """
+    # The session's feedback comes in the same statement: the stage needs no other read.
+    liked_ids, disliked_ids = feedback_subqueries()
     turn = (
         Turn.objects.select_related("session")
-        .annotate(waiting=_predecessor_active(), has_results=_has_results())
+        .annotate(
+            waiting=_predecessor_active(),
+            has_results=_has_results(),
+            liked_ids=liked_ids,
+            disliked_ids=disliked_ids,
+        )
         .filter(pk=turn_id)
         .first()
     )
@@ -138,7 +137,7 @@ def run_text_stage(turn_id: int) -> None:
     if turn.waiting:
         raise TurnNotReady(turn.pk, delay=TEXT_STAGE_POLL)
     try:
-        liked, disliked = feedback_items(turn.session_id)
+        liked, disliked = list(turn.liked_ids), list(turn.disliked_ids)
         found = text_ranking(turn, turn.session.catalog_id, liked, disliked)
         with durability.derived_writes():
             store_provisional(turn, found)
@@ -178,8 +177,9 @@ def store_provisional(turn: Turn, found: TextRanking, *, attempt: int | None = N
     whether it did. With ``attempt``, only while that gpu attempt owns the turn (``Superseded``
     otherwise); without, while the turn is queued or running.
 
-    The event goes out under the turn's results lock, before the commit: final results, stored
-    under the same lock once provisional ones exist, can never reach the page before them.
+    The event goes out before the commit: final results, stored only once provisional ones are
+    visible (``finals``), can never reach the page before them. The lock serialises the two
+    writers of provisional results (this stage and the gpu task's fallback).
     """
     with transaction.atomic():
         _lock_results(turn.pk)
@@ -208,8 +208,8 @@ def store_provisional(turn: Turn, found: TextRanking, *, attempt: int | None = N
 
 
 def _lock_results(turn_id: int) -> None:
-    """Serialise the writes of a turn's results (text stage, gpu fallback, final ranking) until
-    the transaction ends, without locking the turn's row (which the gpu task's claim takes)."""
+    """Serialise the writes of a turn's provisional results (text stage, gpu fallback) until the
+    transaction ends, without locking the turn's row (which the gpu task's claim takes)."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_advisory_xact_lock(%s, %s)", [RESULTS_LOCK_SPACE, turn_id & 0x7FFFFFFF]
@@ -226,106 +226,23 @@ def run_turn(turn_id: int) -> None:
     Every failure ends the turn as FAILED with an ``error`` event; nothing is re-raised.
     """
     with durability.derived_writes():
-        claimed = _claim(turn_id)
+        claimed = claim(turn_id)
         if claimed is not None:
             _TurnRun(claimed).run()
 
 
-def _claim(turn_id: int) -> Turn | None:
-    """Start a new attempt: RUNNING, attempts + 1. One statement for a queued turn whose
-    predecessor is over (the usual case); a rerun after a lost attempt also removes that attempt's
-    partial output, or gives up after DAR_TURN_MAX_ATTEMPTS."""
-    for _ in range(2):
-        started = _start_queued(turn_id)
-        if started is not None:
-            return started
-        turn = Turn.objects.filter(pk=turn_id).first()
-        if turn is None or turn.status not in ACTIVE:
-            return None
-        if turn.status == Turn.Status.RUNNING:
-            # With late acks a message comes back only when its worker died mid-turn.
-            return _reclaim(turn_id)
-        # Waiting for the previous turn: fail it if it is stuck, then try once more.
-        if not sweep_stuck_turns(session_id=turn.session_id):
-            raise TurnNotReady(turn_id)
-    raise TurnNotReady(turn_id)
-
-
-@functools.cache
-def _claim_sql() -> str:
-    turn, session = Turn._meta, SearchSession._meta
-    columns = ", ".join(f't."{f.column}"' for f in turn.concrete_fields)
-    return f"""
-        UPDATE "{turn.db_table}" AS t
-        SET "status" = %(running)s, "attempts" = t."attempts" + 1, "started_at" = %(now)s
-        FROM "{session.db_table}" AS s
-        WHERE t."id" = %(turn)s AND t."status" = %(queued)s AND s."id" = t."session_id"
-          AND NOT EXISTS (
-            SELECT 1 FROM "{turn.db_table}" AS p
-            WHERE p."session_id" = t."session_id" AND p."index" = t."index" - 1
-              AND p."status" IN (%(queued)s, %(running)s)
-          )
-        RETURNING {columns}, s."catalog_id" AS "session_catalog_id"
-    """
-
-
-def _start_queued(turn_id: int) -> Turn | None:
-    """The usual claim in one round trip: a queued turn whose predecessor is over starts its first
-    attempt; returned with its session's catalog (the only part of the session a run needs)."""
-    params = {
-        "turn": turn_id,
-        "now": timezone.now(),
-        "queued": Turn.Status.QUEUED,
-        "running": Turn.Status.RUNNING,
-    }
-    started = list(Turn.objects.raw(_claim_sql(), params))
-    turn = started[0] if started else None
-    if turn is not None:
-        catalog_id = turn.session_catalog_id  # type: ignore[attr-defined]
-        turn.session = SearchSession.from_db(
-            DEFAULT_DB_ALIAS, ["id", "catalog_id"], [turn.session_id, catalog_id]
-        )
-    return turn
-
-
-def _reclaim(turn_id: int) -> Turn | None:
-    """Take over a RUNNING turn whose last attempt was lost: remove its partial output and start
-    the next attempt, or fail the turn (``worker_lost``) once it has had its attempts."""
-    stale_files: list[str] = []
-    with transaction.atomic():
-        turn = Turn.objects.select_for_update().select_related("session").get(pk=turn_id)
-        if turn.status != Turn.Status.RUNNING:
-            return None
-        log.warning("turn %s: restarting after lost attempt %s", turn.pk, turn.attempts)
-        gave_up = turn.attempts >= settings.DAR_TURN_MAX_ATTEMPTS
-        if not gave_up:
-            stale_files = list(turn.previews.values_list("image", flat=True))
-            turn.previews.all().delete()
-            turn.results.all().delete()
-            turn.attempts += 1
-            turn.started_at = timezone.now()
-            turn.refined_query, turn.prompts, turn.refinement_fallback = "", [], False
-            turn.question, turn.timings, turn.weights = "", {}, {}
-            turn.encoder_name, turn.error_code, turn.error = "", "", ""
-            turn.save()
-    # Files go only once the rows are gone for good (after the commit).
-    for name in stale_files:
-        default_storage.delete(name)
-    if gave_up:
-        fail_turn(
-            turn,
-            "worker_lost",
-            "The search worker stopped several times on this message; please rephrase it.",
-        )
-        return None
-    return turn
-
-
 @dataclass
 class _TurnRun:
-    turn: Turn
+    claim: Claim
     timings: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    # Whether the turn's refinement fields hold this attempt's refinement (stored with the final
+    # results, or with the failure).
+    refined: bool = False
+
+    @property
+    def turn(self) -> Turn:
+        return self.claim.turn
 
     @property
     def attempt(self) -> int:
@@ -349,45 +266,36 @@ class _TurnRun:
     def _pipeline(self) -> None:
         from workers.models.registry import get_refiner
 
-        turn = self.turn
-        dialogue = dialogue_for(turn)
+        dialogue = dialogue_for(self.turn)
         k = settings.DAR_PREVIEWS_PER_TURN
-        liked, disliked = feedback_items(turn.session_id)
         if self.attempt > 1:
             # A rerun: the text stage's results went with the lost attempt; the page gets them
             # again first.
-            self._text_stage(liked, disliked)
+            self._text_stage()
 
         refiner = self._stage("refine", get_refiner)
         refinement = self._stage("refine", lambda: self._refine(refiner, dialogue, k))
-        self._save_refinement(refinement, k)
+        self._keep_refinement(refinement, k)
 
         images, seed = self._stage("generate", lambda: self._generate(k))
         files = previews.write(self.turn, self.attempt, self.turn.prompts, images, seed)
         try:
-            hits, items = self._stage("rank", lambda: self._final_ranking(images, liked, disliked))
+            hits, items = self._stage("rank", lambda: self._final_ranking(images))
             # Waiting for the files, if the ranking was quicker, is part of painting previews.
             stored = self._stage("generate", files.result)
-            if not self._save_final(hits, items, stored):
-                # The text stage failed or is late: rank by text here (provisional results go
-                # out first), then store the final ones.
-                self._text_stage(liked, disliked)
-                if not self._save_final(hits, items, stored):
-                    raise RuntimeError(f"turn {turn.pk}: provisional results vanished")
+            # The question needs only the ranking: the LLM asks it while the results are stored.
+            question = self._start_asking(refiner, dialogue, hits, items)
+            self._store_final(hits, items, stored, done=question is None)
         except BaseException:
             previews.discard(files)
             raise
+        if question is not None:
+            # The final results are out: from here on the turn succeeds. A question is optional,
+            # so running out of time while asking only drops the question.
+            self._finish(self._question(question))
 
-        # The final results are out: from here on the turn succeeds. A question is optional, so
-        # running out of time while asking only drops the question.
-        question = None
-        if settings.DAR_ASK_QUESTIONS and not self._past_deadline():
-            question = self._stage(
-                "ask", lambda: self._ask(refiner, dialogue, hits, items), enforce_deadline=False
-            )
-        self._finish(question)
-
-    def _text_stage(self, liked: list[int], disliked: list[int]) -> None:
+    def _text_stage(self) -> None:
+        liked, disliked = self.claim.liked, self.claim.disliked
         found = self._stage(
             "text", lambda: text_ranking(self.turn, self._catalog_id, liked, disliked)
         )
@@ -416,6 +324,15 @@ class _TurnRun:
         prompts = [prompts[i % len(prompts)] for i in range(k)]
         return Refinement(description=description, prompts=prompts, fallback=refinement.fallback)
 
+    def _keep_refinement(self, refinement: Refinement, k: int) -> None:
+        """Announce the refinement at once; it is stored with the final results (or with the
+        failure), so no write stands between the LLM and the generator."""
+        self.turn.refined_query = refinement.description
+        self.turn.prompts = refinement.prompts[:k]
+        self.turn.refinement_fallback = refinement.fallback
+        self.refined = True
+        self._emit(payloads.refined_event(self.turn))
+
     def _generate(self, k: int) -> tuple[list[Image.Image], int]:
         """The previews' images and the seed of the first."""
         seed = turn_seed(self.turn.session_id, self.turn.index)
@@ -425,11 +342,10 @@ class _TurnRun:
 
         return get_generator().generate(list(self.turn.prompts), seed), seed
 
-    def _final_ranking(
-        self, images: list[Image.Image], liked: list[int], disliked: list[int]
-    ) -> tuple[list[Hit], dict[int, CatalogItem]]:
+    def _final_ranking(self, images: list[Image.Image]) -> tuple[list[Hit], dict[int, CatalogItem]]:
         from workers.models.registry import get_encoder
 
+        liked, disliked = self.claim.liked, self.claim.disliked
         encoder = get_encoder()
         weights = ranking.paper_weights(self.turn.index)
         description = self.turn.refined_query or dialogue_for(self.turn).as_text()
@@ -448,20 +364,21 @@ class _TurnRun:
         )
         return hits, _items(hits)
 
-    def _ask(
+    def _start_asking(
         self, refiner: Any, dialogue: Dialogue, hits: list[Hit], items: dict[int, CatalogItem]
-    ) -> str | None:
+    ) -> Future[asking.Asked] | None:
+        if not settings.DAR_ASK_QUESTIONS or self._past_deadline():
+            return None
         titles = [str(items[h.item_id]) for h in hits[:QUESTION_CANDIDATES] if h.item_id in items]
-        try:
-            question = refiner.ask(dialogue, titles)
-        except SoftTimeLimitExceeded:
-            log.warning("turn %s: out of time while asking, no question", self.turn.pk)
+        return asking.start(refiner, dialogue, titles, self.turn.pk)
+
+    def _question(self, pending: Future[asking.Asked]) -> str | None:
+        left = settings.DAR_TURN_TIME_LIMIT - (time.monotonic() - self.started)
+        asked = asking.wait(pending, left, self.turn.pk)
+        if asked is None:
             return None
-        except Exception:
-            # A question is a nicety: its failure must not cost the shopper the results.
-            log.exception("turn %s: asking a question failed", self.turn.pk)
-            return None
-        return question.strip() if isinstance(question, str) and question.strip() else None
+        self.timings["ask"] = asked.ms
+        return asked.question
 
     # --- writes, each fenced by the attempt number ---------------------------------------------
 
@@ -478,75 +395,100 @@ class _TurnRun:
         for name, value in values.items():
             setattr(self.turn, name, value)
 
-    def _locked(self, *fields: str) -> dict[str, Any]:
-        """Lock this attempt's row (inside a transaction) and read ``fields`` and whether the
-        turn has provisional results."""
-        provisional = Exists(TurnResult.objects.filter(turn_id=OuterRef("pk"), final=False))
-        row = (
-            self._owned()
-            .select_for_update()
-            .annotate(has_provisional=provisional)
-            .values("has_provisional", *fields)
-            .first()
-        )
-        if row is None:
-            raise Superseded(self.turn.pk)
-        return row
-
-    def _save_refinement(self, refinement: Refinement, k: int) -> None:
-        self._update(
-            refined_query=refinement.description,
-            prompts=refinement.prompts[:k],
-            refinement_fallback=refinement.fallback,
-        )
-        self._emit(payloads.refined_event(self.turn))
+    def _store_final(
+        self, hits: list[Hit], items: dict[int, CatalogItem], stored: list[Preview], *, done: bool
+    ) -> None:
+        if self._save_final(hits, items, stored, done=done):
+            return
+        # The text stage failed or is late: rank by text here (provisional results go out
+        # first), then store the final ones.
+        self._text_stage()
+        if not self._save_final(hits, items, stored, done=done):
+            raise RuntimeError(f"turn {self.turn.pk}: provisional results vanished")
 
     def _save_final(
-        self, hits: list[Hit], items: dict[int, CatalogItem], stored: list[Preview]
+        self, hits: list[Hit], items: dict[int, CatalogItem], stored: list[Preview], *, done: bool
     ) -> bool:
-        """Store the previews' rows and the final results in one transaction and announce them
-        together; returns False (storing nothing) while the turn has no provisional results."""
+        """Store the refinement, the previews' rows and the final results in one statement and
+        announce them together; with ``done``, the turn ends with them (no question to wait
+        for). Returns False (storing nothing) while the turn has no provisional results."""
         results = _result_rows(self.turn, hits, items, final=True)
-        with transaction.atomic():
-            _lock_results(self.turn.pk)  # after any provisional results' event (see above)
-            row = self._locked("timings")
-            if not row["has_provisional"]:
-                return False
-            Preview.objects.bulk_create(stored)
-            TurnResult.objects.bulk_create(results)
+        values = self._found()
+        if done:
+            values |= self._ended(None)
+        timings = finals.store_final(
+            self.turn, self.attempt, values, dict(self.timings), stored, results
+        )
+        if timings is None:
+            return False
         # The text stage's timing, stored by whoever ran it, joins this attempt's.
-        self.timings = {**row["timings"], **self.timings}
+        self.timings = timings
+        for name, value in values.items():
+            setattr(self.turn, name, value)
+        self.turn.timings = timings
         self._emit(
             payloads.previews_event(self.turn, stored),
             payloads.results_event(self.turn, results, final=True),
+            *(self._done_events(None) if done else ()),
         )
         return True
 
-    def _finish(self, question: str | None) -> None:
+    def _found(self) -> dict[str, Any]:
+        """What this attempt found, stored with its final results."""
+        return {
+            **self._refinement(),
+            "weights": self.turn.weights,
+            "encoder_name": self.turn.encoder_name,
+        }
+
+    def _refinement(self) -> dict[str, Any]:
+        if not self.refined:
+            return {}
+        turn = self.turn
+        return {
+            "refined_query": turn.refined_query,
+            "prompts": turn.prompts,
+            "refinement_fallback": turn.refinement_fallback,
+        }
+
+    def _ended(self, question: str | None) -> dict[str, Any]:
+        """The values that end the turn successfully; its timings are complete from here on."""
         self.timings["total"] = self._elapsed_ms()
         if self.turn.started_at:
             queued = self.turn.started_at - self.turn.created_at
             self.timings["queued"] = max(0, round(queued.total_seconds() * 1000))
-        self._update(
-            status=Turn.Status.DONE,
-            timings=dict(self.timings),
-            question=question or "",
-            # Stored with the outcome: only a finished turn's weights are of interest.
-            weights=self.turn.weights,
-            encoder_name=self.turn.encoder_name,
-            finished_at=timezone.now(),
-        )
+        return {
+            "status": Turn.Status.DONE,
+            "question": question or "",
+            "finished_at": timezone.now(),
+        }
+
+    def _done_events(self, question: str | None) -> list[dict[str, Any]]:
         done = {"type": "turn.done", "turn": self.turn.index, "timings": dict(self.timings)}
         if question:
             # One message: the turn's last event reaches the page without a second round trip.
-            self._emit({"type": "question", "turn": self.turn.index, "question": question}, done)
-        else:
-            self._emit(done)
+            return [{"type": "question", "turn": self.turn.index, "question": question}, done]
+        return [done]
+
+    def _finish(self, question: str | None) -> None:
+        self._update(**self._ended(question), timings=dict(self.timings))
+        self._emit(*self._done_events(question))
 
     def _fail(self, code: str, message: str) -> None:
+        # The failure may be the database's (a restart, a killed backend): its record then goes
+        # out on a fresh connection, not on the broken one.
+        replace_if_broken(connection)
         self.timings["total"] = self._elapsed_ms()
         self.turn.timings = {**self.turn.timings, **self.timings}
-        fail_turn(self.turn, code, message, attempt=self.attempt, statuses=[Turn.Status.RUNNING])
+        fail_turn(
+            self.turn,
+            code,
+            message,
+            attempt=self.attempt,
+            statuses=[Turn.Status.RUNNING],
+            # What the LLM made of the dialogue is worth keeping for the analysts.
+            found=self._refinement(),
+        )
 
     # --- helpers ---------------------------------------------------------------------------
 

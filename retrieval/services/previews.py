@@ -9,8 +9,6 @@ the final results, in one transaction (``pipeline._TurnRun._save_final``).
 from __future__ import annotations
 
 import io
-import os
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -20,6 +18,8 @@ from django.core.files.storage import default_storage
 
 from retrieval.models import Preview, Turn
 
+from . import threadpools
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -27,17 +27,9 @@ if TYPE_CHECKING:
 # ranking takes longer than its files).
 WRITERS = 2
 
-_lock = threading.Lock()
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-
 
 def _writers() -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        # Per process: a pool's threads do not survive a fork (Celery's prefork children).
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(WRITERS, thread_name_prefix="dar-previews"))
-        return _pool[1]
+    return threadpools.pool("previews", WRITERS)
 
 
 def write(

@@ -122,9 +122,11 @@ def fail_turn(
     *,
     attempt: int | None = None,
     statuses: Iterable[str] = ACTIVE,
+    found: dict[str, Any] | None = None,
 ) -> bool:
     """Mark a turn failed and tell the page, unless it already finished (or, with ``attempt``, a
-    newer attempt took it over). Returns whether this call failed it."""
+    newer attempt took it over). Returns whether this call failed it. ``found``: other fields the
+    failed attempt stores with its failure (its refinement)."""
     now = timezone.now()
     rows = Turn.objects.filter(pk=turn.pk, status__in=list(statuses))
     if attempt is not None:
@@ -138,6 +140,7 @@ def fail_turn(
         error=message,
         finished_at=now,
         timings=timings,
+        **(found or {}),
     )
     if updated:
         events.emit(
