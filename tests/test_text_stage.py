@@ -13,7 +13,7 @@ from django.conf import settings
 from dar_site.celery import app
 from dar_site.processes import interactive_worker_command, worker_command
 from retrieval.models import SearchSession, Turn, TurnResult
-from retrieval.services import pipeline, turns
+from retrieval.services import feedback, pipeline, turns
 from tests.factories import (
     EventRecorder,
     SearchSessionFactory,
@@ -42,6 +42,27 @@ def _expected_text_ranking(turn: Turn) -> list[int]:
     """The provisional ranking computed independently of both tasks."""
     found = pipeline.text_ranking(turn, turn.session.catalog_id, [], [])
     return [h.item_id for h in found.hits]
+
+
+def test_text_stage_ranks_with_the_sessions_feedback(turn_models: None) -> None:
+    session = _session()
+    first = new_turn(session, MESSAGE)
+    ranked = _expected_text_ranking(first)
+    liked, disliked = ranked[-1], ranked[0]
+    feedback.record_feedback(session, liked, 1)
+    feedback.record_feedback(session, disliked, -1)
+    turn = new_turn(session, "with a white handle")  # the first turn's outcome does not matter
+    Turn.objects.filter(pk=first.pk).update(status=Turn.Status.DONE)
+
+    pipeline.run_text_stage(turn.pk)
+
+    expected = pipeline.text_ranking(turn, session.catalog_id, [liked], [disliked])
+    assert [item for _, item, _, _ in _results(turn, final=False)] == [
+        h.item_id for h in expected.hits
+    ]
+    assert disliked not in [h.item_id for h in expected.hits]  # hidden, as the setting says
+    without = pipeline.text_ranking(turn, session.catalog_id, [], [])
+    assert [h.score for h in expected.hits] != [h.score for h in without.hits]
 
 
 def test_text_stage_publishes_first_and_the_gpu_task_does_not_redo_it(

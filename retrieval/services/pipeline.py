@@ -8,7 +8,7 @@
    files are written beside the next stage, ``previews``);
 4. rank: fuse text and preview similarities (paper weights, optional product text and feedback)
    into one pgvector query; store the refinement, the previews and the final results in one
-   transaction and publish them together;
+   statement (``finals``) and publish them together;
 5. ask: optionally, the LLM proposes one clarifying question; it starts as soon as the ranking is
    known, beside the storing of the results (``asking``).
 
