@@ -13,7 +13,7 @@ from django.conf import settings
 from dar_site.celery import app
 from dar_site.processes import interactive_worker_command, worker_command
 from retrieval.models import SearchSession, Turn, TurnResult
-from retrieval.services import feedback, pipeline, turns
+from retrieval.services import claims, feedback, pipeline, text_stage, turns
 from tests.factories import (
     EventRecorder,
     SearchSessionFactory,
@@ -40,7 +40,7 @@ def _results(turn: Turn, final: bool) -> list[tuple[int, int, int, float]]:
 
 def _expected_text_ranking(turn: Turn) -> list[int]:
     """The provisional ranking computed independently of both tasks."""
-    found = pipeline.text_ranking(turn, turn.session.catalog_id, [], [])
+    found = text_stage.text_ranking(turn, turn.session.catalog_id, [], [])
     return [h.item_id for h in found.hits]
 
 
@@ -54,14 +54,14 @@ def test_text_stage_ranks_with_the_sessions_feedback(turn_models: None) -> None:
     turn = new_turn(session, "with a white handle")  # the first turn's outcome does not matter
     Turn.objects.filter(pk=first.pk).update(status=Turn.Status.DONE)
 
-    pipeline.run_text_stage(turn.pk)
+    text_stage.run_text_stage(turn.pk)
 
-    expected = pipeline.text_ranking(turn, session.catalog_id, [liked], [disliked])
+    expected = text_stage.text_ranking(turn, session.catalog_id, [liked], [disliked])
     assert [item for _, item, _, _ in _results(turn, final=False)] == [
         h.item_id for h in expected.hits
     ]
     assert disliked not in [h.item_id for h in expected.hits]  # hidden, as the setting says
-    without = pipeline.text_ranking(turn, session.catalog_id, [], [])
+    without = text_stage.text_ranking(turn, session.catalog_id, [], [])
     assert [h.score for h in expected.hits] != [h.score for h in without.hits]
 
 
@@ -71,7 +71,7 @@ def test_text_stage_publishes_first_and_the_gpu_task_does_not_redo_it(
     session = _session()
     turn = new_turn(session, MESSAGE)
     with EventRecorder(session.pk) as events:
-        pipeline.run_text_stage(turn.pk)
+        text_stage.run_text_stage(turn.pk)
         events.wait_for(lambda evs: bool(evs))
         turn.refresh_from_db()
         provisional = _results(turn, final=False)
@@ -86,7 +86,7 @@ def test_text_stage_publishes_first_and_the_gpu_task_does_not_redo_it(
         def no_second_text_stage(*args: Any, **kwargs: Any) -> Any:
             raise AssertionError("the gpu task redid the text stage")
 
-        monkeypatch.setattr(pipeline, "text_ranking", no_second_text_stage)
+        monkeypatch.setattr(text_stage, "text_ranking", no_second_text_stage)
         pipeline.run_turn(turn.pk)
         events.wait_for(lambda evs: any(e["type"] in ("turn.done", "error") for e in evs))
     turn.refresh_from_db()
@@ -104,18 +104,18 @@ def test_a_failed_text_stage_leaves_the_turn_to_the_gpu_task(
 ) -> None:
     session = _session()
     turn = new_turn(session, MESSAGE)
-    real_text_ranking = pipeline.text_ranking
+    real_text_ranking = text_stage.text_ranking
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionError("the interactive worker lost its database")
 
     with EventRecorder(session.pk) as events:
-        monkeypatch.setattr(pipeline, "text_ranking", broken)
-        pipeline.run_text_stage(turn.pk)  # logs, raises nothing, fails nothing
+        monkeypatch.setattr(text_stage, "text_ranking", broken)
+        text_stage.run_text_stage(turn.pk)  # logs, raises nothing, fails nothing
         turn.refresh_from_db()
         assert turn.status == Turn.Status.QUEUED and not turn.results.exists()
 
-        monkeypatch.setattr(pipeline, "text_ranking", real_text_ranking)
+        monkeypatch.setattr(text_stage, "text_ranking", real_text_ranking)
         pipeline.run_turn(turn.pk)
         events.wait_for(lambda evs: any(e["type"] in ("turn.done", "error") for e in evs))
     turn.refresh_from_db()
@@ -133,13 +133,13 @@ def test_a_failed_text_stage_leaves_the_turn_to_the_gpu_task(
 def test_a_late_or_redelivered_text_stage_changes_nothing(turn_models: None) -> None:
     session = _session()
     turn = new_turn(session, MESSAGE)
-    pipeline.run_text_stage(turn.pk)
+    text_stage.run_text_stage(turn.pk)
     once = _results(turn, final=False)
     with EventRecorder(session.pk) as events:
-        pipeline.run_text_stage(turn.pk)  # redelivered: the turn already has its results
+        text_stage.run_text_stage(turn.pk)  # redelivered: the turn already has its results
         pipeline.run_turn(turn.pk)
         events.wait_for(lambda evs: any(e["type"] == "turn.done" for e in evs))
-        pipeline.run_text_stage(turn.pk)  # after the whole turn
+        text_stage.run_text_stage(turn.pk)  # after the whole turn
         turn.refresh_from_db()
         timings = dict(turn.timings)
         final = _results(turn, final=True)
@@ -160,9 +160,9 @@ def test_text_results_never_follow_final_ones(redis_client: Any) -> None:
     # is stored, nothing is sent (the page would otherwise replace final results by text ones).
     turn = TurnFactory.create(index=0, status=Turn.Status.RUNNING, attempts=1)
     result = TurnResultFactory.create(turn=turn, final=True, rank=1)
-    late = pipeline.TextRanking("some-encoder", [], {}, ms=1)
+    late = text_stage.TextRanking("some-encoder", [], {}, ms=1)
     with EventRecorder(turn.session_id) as events:
-        assert pipeline.store_provisional(turn, late) is False
+        assert text_stage.store_provisional(turn, late) is False
         from retrieval.services import events as notify
 
         notify.emit(turn.session_id, {"type": "marker", "turn": None})
@@ -174,13 +174,13 @@ def test_text_results_never_follow_final_ones(redis_client: Any) -> None:
 
 
 def test_text_stage_of_a_finished_or_superseded_turn_stores_nothing(redis_client: Any) -> None:
-    found = pipeline.TextRanking("some-encoder", [], {}, ms=1)
+    found = text_stage.TextRanking("some-encoder", [], {}, ms=1)
     failed = TurnFactory.create(index=0, status=Turn.Status.FAILED, attempts=1)
-    assert pipeline.store_provisional(failed, found) is False
+    assert text_stage.store_provisional(failed, found) is False
     # A gpu attempt that lost the turn to a newer one must stop, not write.
     running = TurnFactory.create(index=0, status=Turn.Status.RUNNING, attempts=2)
-    with pytest.raises(pipeline.Superseded):
-        pipeline.store_provisional(running, found, attempt=1)
+    with pytest.raises(text_stage.Superseded):
+        text_stage.store_provisional(running, found, attempt=1)
     assert not TurnResult.objects.filter(turn__in=[failed, running]).exists()
 
 
@@ -188,9 +188,9 @@ def test_text_stage_waits_for_the_previous_turn() -> None:
     session = SearchSessionFactory.create()
     TurnFactory.create(session=session, index=0, status=Turn.Status.RUNNING, attempts=1)
     waiting = TurnFactory.create(session=session, index=1)
-    with pytest.raises(pipeline.TurnNotReady) as wait:
-        pipeline.run_text_stage(waiting.pk)
-    assert wait.value.delay == pipeline.TEXT_STAGE_POLL
+    with pytest.raises(claims.TurnNotReady) as wait:
+        text_stage.run_text_stage(waiting.pk)
+    assert wait.value.delay == text_stage.TEXT_STAGE_POLL
     assert not waiting.results.exists()
 
 

@@ -28,6 +28,7 @@ from retrieval.services import (
     pipeline,
     previews,
     ranking,
+    text_stage,
     turns,
 )
 from tests.factories import (
@@ -99,7 +100,7 @@ def test_turns_store_every_stage_and_rank_by_dar_fusion(turn_models: None, setti
 
     turn = new_turn(session, "a small red ceramic mug")
     with EventRecorder(session.pk) as events:
-        pipeline.run_text_stage(turn.pk)  # the interactive worker's task
+        text_stage.run_text_stage(turn.pk)  # the interactive worker's task
         pipeline.run_turn(turn.pk)  # the gpu worker's
         events.wait_for(lambda evs: any(e["type"] == "turn.done" for e in evs))
     turn.refresh_from_db()
@@ -243,7 +244,7 @@ def test_turns_wait_for_their_predecessor() -> None:
         session=session, index=0, status=Turn.Status.RUNNING, started_at=timezone.now()
     )
     waiting = TurnFactory.create(session=session, index=1)
-    with pytest.raises(pipeline.TurnNotReady):
+    with pytest.raises(claims.TurnNotReady):
         pipeline.run_turn(waiting.pk)
     waiting.refresh_from_db()
     assert waiting.status == Turn.Status.QUEUED and waiting.attempts == 0
@@ -330,7 +331,7 @@ def test_the_question_is_asked_while_the_final_results_are_stored(
 
     monkeypatch.setattr(pipeline._TurnRun, "_save_final", once_asking)
     with EventRecorder(session.pk) as events:
-        pipeline.run_text_stage(turn.pk)
+        text_stage.run_text_stage(turn.pk)
         pipeline.run_turn(turn.pk)
         events.wait_for(lambda evs: any(e["type"] in ("turn.done", "error") for e in evs))
     turn.refresh_from_db()
@@ -405,7 +406,7 @@ def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
             return str(cursor.fetchone()[0])
 
     seen: list[str] = []
-    lock_results, store_final = pipeline._lock_results, finals.store_final
+    lock_results, store_final = text_stage._lock_results, finals.store_final
 
     def in_text_stage(turn_id: int) -> None:
         seen.append(synchronous_commit())
@@ -415,13 +416,13 @@ def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
         seen.append(synchronous_commit())
         return store_final(*args)
 
-    monkeypatch.setattr(pipeline, "_lock_results", in_text_stage)
+    monkeypatch.setattr(text_stage, "_lock_results", in_text_stage)
     monkeypatch.setattr(finals, "store_final", in_final_write)
     session = SearchSessionFactory.create(catalog=embedded_catalog(3))
     for async_commit in (True, False):
         settings.DAR_TURN_ASYNC_COMMIT = async_commit
         turn = new_turn(session, f"a blue umbrella, {async_commit}")
-        pipeline.run_text_stage(turn.pk)
+        text_stage.run_text_stage(turn.pk)
         pipeline.run_turn(turn.pk)
         turn.refresh_from_db()
         assert turn.status == Turn.Status.DONE and turn.results.filter(final=True).exists()

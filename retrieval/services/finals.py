@@ -7,7 +7,7 @@ results; the inserts take their turn id from the rows it returns, so when it mat
 nothing is written.
 
 Why "has provisional results" suffices for the page's order (text-only results, then final ones):
-the text stage announces its results before it commits them (``pipeline.store_provisional``), so
+the text stage announces its results before it commits them (``text_stage.store_provisional``), so
 a statement that sees them sees results whose event has already been sent. When it does not see
 them (the text stage failed, is late, or is committing at this very moment), the gpu task ranks
 by text itself, under the text stage's lock, and writes again (``pipeline._TurnRun._store_final``).

@@ -1,7 +1,7 @@
 """One conversational search turn: the DAR pipeline stage by stage, in two tasks.
 
-1. text (``run_text_stage``, the interactive worker): embed the dialogue text, rank, and publish
-   provisional results at once;
+1. text (``text_stage.run_text_stage``, the interactive worker): embed the dialogue text, rank,
+   and publish provisional results at once;
 2. refine (``run_turn``, the gpu worker, from here on; ``claims`` starts it): the LLM rewrites the
    whole dialogue into one description and k visual prompts, announced at once;
 3. generate: k previews painted from the prompts with a seed fixed per session and turn (their
@@ -15,8 +15,8 @@
 The text stage runs on a queue of its own so that first results never wait behind other
 sessions' LLM work; the gpu task starts on the same turn at the same time and does not wait for
 it. Whoever stores results first wins: provisional results are written only while the turn has
-no results at all, under the turn's row lock, and announced before that lock is released, so they
-always reach the page before the final ones. The gpu task stores its final results only once
+no results at all, and announced before they are committed, so they always reach the page before
+the final ones. The gpu task stores its final results only once
 provisional results exist, and ranks by text itself when the text stage failed or is late: a turn
 is complete whatever happens to its text stage. A rerun after a lost gpu attempt redoes the text
 stage itself, first, since the dead attempt's output is removed.
@@ -27,39 +27,43 @@ write checks (in its own statement, or under a row lock) that the turn is still 
 attempt's number, so a redelivered task or the sweeper can take a turn over and the stale
 attempt's writes are dropped. Each write is one statement or one transaction.
 
-Models are imported inside the functions: this module is imported by the web process too.
+How both stages rank is in ``turn_ranking``. Models are imported inside the functions: this
+module is imported by the web process too.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, QuerySet
-from django.db.models.expressions import RawSQL
+from django.db import connection
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from catalog.models import CatalogItem, ItemEmbedding
-from catalog.services import vectors
+from catalog.models import CatalogItem
 from catalog.services.vectors import Hit
 from dar_site.connections import replace_if_broken
-from retrieval.models import Preview, Turn, TurnResult
+from retrieval.models import Preview, Turn
 from workers.models.protocols import Dialogue, Refinement
 
-from . import asking, durability, events, finals, payloads, previews, ranking
-from .claims import Claim, Superseded, TurnNotReady, claim
-from .feedback import feedback_subqueries
-from .turns import ACTIVE, fail_turn
+from . import asking, durability, events, finals, payloads, previews, ranking, text_stage
+from .claims import Claim, Superseded, claim
+from .turn_ranking import (
+    dialogue_for,
+    items_of,
+    product_text,
+    rank_catalog,
+    result_rows,
+    with_feedback,
+)
+from .turns import fail_turn
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -69,151 +73,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Candidates whose titles the LLM sees when it thinks of a clarifying question.
 QUESTION_CANDIDATES = 5
-# What a result payload shows of an item (payloads.item_payload).
-ITEM_FIELDS = ("id", "title", "source_name", "image")
-# First key of the advisory lock that serialises the writes of a turn's results.
-RESULTS_LOCK_SPACE = 0x7E57
-
-
-# The text stage polls for its predecessor more often than the gpu task: it is one cheap query,
-# and its whole point is to be quick once the turn may run.
-TEXT_STAGE_POLL = 0.2
 
 
 class TurnTimeout(Exception):
     pass
 
 
-def dialogue_for(turn: Turn) -> Dialogue:
-    """First message as the caption, later messages as rounds (the stored turn context)."""
-    context = [str(m) for m in turn.context] or [turn.message]
-    return Dialogue(caption=context[0], rounds=context[1:])
-
-
 def turn_seed(session_id: object, index: int) -> int:
     """Deterministic generation seed per session and turn (a rerun paints the same previews)."""
     digest = hashlib.sha256(f"{session_id}:{index}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def _predecessor_active() -> Exists:
-    return Exists(
-        Turn.objects.filter(
-            session_id=OuterRef("session_id"), index=OuterRef("index") - 1, status__in=ACTIVE
-        )
-    )
-
-
-def _has_results() -> Exists:
-    return Exists(TurnResult.objects.filter(turn_id=OuterRef("pk")))
-
-
-# --- the text stage (interactive worker) -------------------------------------------------------
-
-
-def run_text_stage(turn_id: int) -> None:
-    """Publish a turn's provisional (text-only) results; a no-op once the turn has results or is
-    over (a redelivered task, or the gpu task was first).
-
-    Raises ``TurnNotReady`` while the session's previous turn is unfinished (the task retries), so
-    turns stay in order and each sees the feedback given before it. Never fails the turn: on any
-    error the gpu task ranks by text itself before it stores its final results.
-    """
-    # The session's feedback comes in the same statement: the stage needs no other read.
-    liked_ids, disliked_ids = feedback_subqueries()
-    turn = (
-        Turn.objects.select_related("session")
-        .annotate(
-            waiting=_predecessor_active(),
-            has_results=_has_results(),
-            liked_ids=liked_ids,
-            disliked_ids=disliked_ids,
-        )
-        .filter(pk=turn_id)
-        .first()
-    )
-    if turn is None or turn.status not in ACTIVE or turn.has_results:
-        return
-    if turn.waiting:
-        raise TurnNotReady(turn.pk, delay=TEXT_STAGE_POLL)
-    try:
-        liked, disliked = list(turn.liked_ids), list(turn.disliked_ids)
-        found = text_ranking(turn, turn.session.catalog_id, liked, disliked)
-        with durability.derived_writes():
-            store_provisional(turn, found)
-    except Exception:
-        log.exception("turn %s: text stage failed; the gpu task will rank by text", turn.pk)
-
-
-@dataclass(frozen=True)
-class TextRanking:
-    encoder_name: str
-    hits: list[Hit]
-    items: dict[int, CatalogItem]
-    ms: int
-
-
-def text_ranking(turn: Turn, catalog_id: int, liked: list[int], disliked: list[int]) -> TextRanking:
-    """The text stage's computation: the dialogue text (with feedback and product text) ranked."""
-    from workers.models.registry import get_encoder
-
-    start = time.monotonic()
-    encoder = get_encoder()
-    dialogue_text = dialogue_for(turn).as_text()
-    query = _with_feedback(encoder.name, encoder.encode_texts([dialogue_text])[0], liked, disliked)
-    hits = _rank(
-        catalog_id,
-        encoder.name,
-        query,
-        exclude=disliked if settings.DAR_FEEDBACK_EXCLUDE_DISLIKED else [],
-        product_text=_product_text(dialogue_text, settings.DAR_WEIGHT_PRODUCT_TEXT),
-    )
-    ms = round((time.monotonic() - start) * 1000)
-    return TextRanking(encoder.name, hits, _items(hits), ms)
-
-
-def store_provisional(turn: Turn, found: TextRanking, *, attempt: int | None = None) -> bool:
-    """Store and announce provisional results unless the turn has results already; returns
-    whether it did. With ``attempt``, only while that gpu attempt owns the turn (``Superseded``
-    otherwise); without, while the turn is queued or running.
-
-    The event goes out before the commit: final results, stored only once provisional ones are
-    visible (``finals``), can never reach the page before them. The lock serialises the two
-    writers of provisional results (this stage and the gpu task's fallback).
-    """
-    with transaction.atomic():
-        _lock_results(turn.pk)
-        rows = Turn.objects.filter(pk=turn.pk)
-        if attempt is None:
-            rows = rows.filter(status__in=ACTIVE)
-        else:
-            rows = rows.filter(status=Turn.Status.RUNNING, attempts=attempt)
-        has_results = rows.annotate(has=_has_results()).values_list("has", flat=True).first()
-        if has_results is None:
-            if attempt is not None:
-                raise Superseded(turn.pk)
-            return False
-        if has_results:
-            return False
-        results = _result_rows(turn, found.hits, found.items, final=False)
-        TurnResult.objects.bulk_create(results)
-        events.emit(turn.session_id, payloads.results_event(turn, results, final=False), wait=True)
-        # Last, so that the turn's row is locked only for the commit (the gpu task's claim and
-        # writes take it); the stage's time joins whatever timings the row has by then.
-        text_ms = RawSQL("timings || %s::jsonb", [json.dumps({"text": found.ms})])
-        rows.update(encoder_name=found.encoder_name, timings=text_ms)
-    turn.encoder_name = found.encoder_name
-    turn.timings = {**turn.timings, "text": found.ms}
-    return True
-
-
-def _lock_results(turn_id: int) -> None:
-    """Serialise the writes of a turn's provisional results (text stage, gpu fallback) until the
-    transaction ends, without locking the turn's row (which the gpu task's claim takes)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, %s)", [RESULTS_LOCK_SPACE, turn_id & 0x7FFFFFFF]
-        )
 
 
 # --- the gpu task ----------------------------------------------------------------------------
@@ -297,9 +166,9 @@ class _TurnRun:
     def _text_stage(self) -> None:
         liked, disliked = self.claim.liked, self.claim.disliked
         found = self._stage(
-            "text", lambda: text_ranking(self.turn, self._catalog_id, liked, disliked)
+            "text", lambda: text_stage.text_ranking(self.turn, self._catalog_id, liked, disliked)
         )
-        if not store_provisional(self.turn, found, attempt=self.attempt):
+        if not text_stage.store_provisional(self.turn, found, attempt=self.attempt):
             # The interactive worker's results came first: its time is the stage's.
             self.timings.pop("text", None)
 
@@ -352,17 +221,17 @@ class _TurnRun:
         text_vec = encoder.encode_texts([description])[0]
         gen_vecs = encoder.encode_images(images) if images else None
         query = ranking.fuse(text_vec, gen_vecs, weights)
-        query = _with_feedback(encoder.name, query, liked, disliked)
+        query = with_feedback(encoder.name, query, liked, disliked)
         self.turn.weights = weights.as_dict()
         self.turn.encoder_name = encoder.name
-        hits = _rank(
+        hits = rank_catalog(
             self._catalog_id,
             encoder.name,
             query,
             exclude=disliked if settings.DAR_FEEDBACK_EXCLUDE_DISLIKED else [],
-            product_text=_product_text(description, weights.product_text),
+            product_text=product_text(description, weights.product_text),
         )
-        return hits, _items(hits)
+        return hits, items_of(hits)
 
     def _start_asking(
         self, refiner: Any, dialogue: Dialogue, hits: list[Hit], items: dict[int, CatalogItem]
@@ -412,7 +281,7 @@ class _TurnRun:
         """Store the refinement, the previews' rows and the final results in one statement and
         announce them together; with ``done``, the turn ends with them (no question to wait
         for). Returns False (storing nothing) while the turn has no provisional results."""
-        results = _result_rows(self.turn, hits, items, final=True)
+        results = result_rows(self.turn, hits, items, final=True)
         values = self._found()
         if done:
             values |= self._ended(None)
@@ -513,67 +382,3 @@ class _TurnRun:
         # The stages do not wait for Redis: this process sends its events in order, and the only
         # event another process's must follow (the text-only results) is sent waiting.
         events.emit(self.turn.session_id, *batch, wait=False)
-
-
-# --- shared helpers --------------------------------------------------------------------------
-
-
-def _rank(
-    catalog_id: int,
-    model_name: str,
-    query: np.ndarray,
-    *,
-    exclude: list[int],
-    product_text: tuple[str, np.ndarray, float] | None = None,
-) -> list[Hit]:
-    return ranking.rank(
-        catalog_id=catalog_id,
-        model_name=model_name,
-        query=query,
-        k=settings.DAR_RESULTS_K,
-        product_text=product_text,
-        exclude=exclude,
-    )
-
-
-def _with_feedback(
-    model_name: str, query: np.ndarray, liked: list[int], disliked: list[int]
-) -> np.ndarray:
-    if not liked and not disliked:
-        return query
-    found = vectors.vectors_for(
-        space=ItemEmbedding.Space.IMAGE, model_name=model_name, item_ids=liked + disliked
-    )
-    return ranking.rocchio(
-        query,
-        [found[i] for i in liked if i in found],
-        [found[i] for i in disliked if i in found],
-    )
-
-
-def _product_text(text: str, weight: float) -> tuple[str, np.ndarray, float] | None:
-    """The optional product-text term of ``ranking.rank`` (title/description similarity)."""
-    if weight <= 0:
-        return None
-    from workers.models.registry import get_text_embedder
-
-    embedder = get_text_embedder()
-    return (embedder.name, embedder.encode([text])[0], weight)
-
-
-def _items(hits: Sequence[Hit]) -> dict[int, CatalogItem]:
-    """What the result payloads show of the ranked items, in one query."""
-    ids = [h.item_id for h in hits]
-    return CatalogItem.objects.only(*ITEM_FIELDS).in_bulk(ids) if ids else {}
-
-
-def _result_rows(
-    turn: Turn, hits: Sequence[Hit], items: dict[int, CatalogItem], *, final: bool
-) -> list[TurnResult]:
-    """Result rows ready to insert, with their items attached for the event payload. An item
-    deleted since it was ranked is left out (the ranks stay gapless)."""
-    kept = [h for h in hits if h.item_id in items]
-    return [
-        TurnResult(turn=turn, item=items[h.item_id], final=final, rank=r, score=h.score)
-        for r, h in enumerate(kept, start=1)
-    ]

@@ -6,7 +6,7 @@ queue and worker of its own so that it never waits behind LLM work) and the rest
 
 Ordering: a message sent while an earlier turn of the same session is still queued or running is
 *accepted and queued*, never refused. Turns run strictly in index order: both tasks of turn n wait
-(Celery retry with a short countdown, see ``pipeline.TurnNotReady``) until turn n-1 is done or
+(Celery retry with a short countdown, see ``claims.TurnNotReady``) until turn n-1 is done or
 failed, so each turn sees the feedback given before it and its stages start after the previous
 turn's have ended (only that turn's last event, sent by another process, may still be on its way
 when turn n's first results go out).

@@ -10,7 +10,7 @@ from __future__ import annotations
 from celery import Task, shared_task
 from django.conf import settings
 
-from retrieval.services import pipeline, turns
+from retrieval.services import claims, pipeline, text_stage, turns
 
 
 @shared_task(
@@ -24,8 +24,8 @@ from retrieval.services import pipeline, turns
 )
 def turn_text(self: Task, turn_id: int) -> None:
     try:
-        pipeline.run_text_stage(turn_id)
-    except pipeline.TurnNotReady as wait:
+        text_stage.run_text_stage(turn_id)
+    except claims.TurnNotReady as wait:
         raise self.retry(countdown=wait.delay) from None
 
 
@@ -44,7 +44,7 @@ def turn_text(self: Task, turn_id: int) -> None:
 def run_turn(self: Task, turn_id: int) -> None:
     try:
         pipeline.run_turn(turn_id)
-    except pipeline.TurnNotReady as wait:
+    except claims.TurnNotReady as wait:
         # Turns run in index order: come back when the previous turn of the session is over.
         raise self.retry(countdown=wait.delay) from None
 
