@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from retrieval.models import Feedback, SearchSession, Turn
@@ -45,6 +46,12 @@ class Claim:
     turn: Turn
     liked: list[int]
     disliked: list[int]
+
+
+def owned(turn_id: int, attempt: int) -> QuerySet[Turn]:
+    """The turn's row while that attempt owns it: empty once another attempt or the sweeper took
+    the turn over. Every write of an attempt is fenced by it."""
+    return Turn.objects.filter(pk=turn_id, status=Turn.Status.RUNNING, attempts=attempt)
 
 
 def claim(turn_id: int) -> Claim | None:

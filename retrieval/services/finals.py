@@ -25,7 +25,7 @@ from django.db.models import Field
 
 from retrieval.models import Preview, Turn, TurnResult
 
-from .claims import Superseded
+from .claims import Superseded, owned
 
 
 @functools.cache
@@ -101,8 +101,7 @@ def store_final(
         stored = row[0]
         # Raw cursors may hand jsonb over as text (Django's own loader), or already parsed.
         return dict(json.loads(stored) if isinstance(stored, str) else stored)
-    owned = Turn.objects.filter(pk=turn.pk, status=Turn.Status.RUNNING, attempts=attempt)
-    if not owned.exists():
+    if not owned(turn.pk, attempt).exists():
         raise Superseded(turn.pk)
     return None
 

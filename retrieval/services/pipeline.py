@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
-from django.db.models import QuerySet
 from django.utils import timezone
 
 from catalog.models import CatalogItem
@@ -54,7 +53,7 @@ from retrieval.models import Preview, Turn
 from workers.models.protocols import Dialogue, Refinement
 
 from . import asking, durability, events, finals, payloads, previews, ranking, text_stage
-from .claims import Claim, Superseded, claim
+from .claims import Claim, Superseded, claim, owned
 from .turn_ranking import (
     dialogue_for,
     items_of,
@@ -251,15 +250,9 @@ class _TurnRun:
 
     # --- writes, each fenced by the attempt number ---------------------------------------------
 
-    def _owned(self) -> QuerySet[Turn]:
-        """This attempt's turn row: empty once another attempt or the sweeper took the turn."""
-        return Turn.objects.filter(
-            pk=self.turn.pk, status=Turn.Status.RUNNING, attempts=self.attempt
-        )
-
     def _update(self, **values: Any) -> None:
         """One fenced statement."""
-        if not self._owned().update(**values):
+        if not owned(self.turn.pk, self.attempt).update(**values):
             raise Superseded(self.turn.pk)
         for name, value in values.items():
             setattr(self.turn, name, value)
@@ -361,14 +354,14 @@ class _TurnRun:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _stage(self, name: str, work: Callable[[], T], *, enforce_deadline: bool = True) -> T:
+    def _stage(self, name: str, work: Callable[[], T]) -> T:
         """Run part of a stage, adding its wall time to the stage; stop past the turn's limit."""
         # Celery's soft limit interrupts a stage from outside (prefork pool); this check also
         # covers pools without time limits (threads) and stops before the next stage starts.
         start = time.monotonic()
         result = work()
         self.timings[name] = self.timings.get(name, 0) + round((time.monotonic() - start) * 1000)
-        if enforce_deadline and self._past_deadline():
+        if self._past_deadline():
             raise TurnTimeout(self.turn.pk)
         return result
 

@@ -25,7 +25,7 @@ from catalog.services.vectors import Hit
 from retrieval.models import Turn, TurnResult
 
 from . import durability, events, payloads, turn_ranking
-from .claims import Superseded, TurnNotReady
+from .claims import Superseded, TurnNotReady, owned
 from .feedback import feedback_subqueries
 from .turns import ACTIVE
 
@@ -124,11 +124,10 @@ def store_provisional(turn: Turn, found: TextRanking, *, attempt: int | None = N
     """
     with transaction.atomic():
         _lock_results(turn.pk)
-        rows = Turn.objects.filter(pk=turn.pk)
         if attempt is None:
-            rows = rows.filter(status__in=ACTIVE)
+            rows = Turn.objects.filter(pk=turn.pk, status__in=ACTIVE)
         else:
-            rows = rows.filter(status=Turn.Status.RUNNING, attempts=attempt)
+            rows = owned(turn.pk, attempt)
         has_results = rows.annotate(has=_has_results()).values_list("has", flat=True).first()
         if has_results is None:
             if attempt is not None:
