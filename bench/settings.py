@@ -24,3 +24,5 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from dar_site.settings import *  # noqa: E402,F403
 
 MEDIA_ROOT = RUN_DIR / "bench-media" / os.environ["DAR_REDIS_PREFIX"].replace(":", "-")  # noqa: F405
+PRIVATE_MEDIA_ROOT = MEDIA_ROOT / "private"
+STORAGES["private"]["OPTIONS"]["location"] = str(PRIVATE_MEDIA_ROOT)  # noqa: F405

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.files.storage import Storage, storages
 from django.db import models
-from pgvector.django import VectorField
+from django.utils.crypto import salted_hmac
+from pgvector.django import HalfVectorField
 
 
 class Shop(models.Model):
@@ -30,11 +32,32 @@ class Catalog(models.Model):
         return self.name
 
 
-def item_upload_path(item: CatalogItem, filename: str) -> str:
-    # Content-addressed: the same bytes always land at the same path, so a re-run import
-    # overwrites nothing and leaves no orphans.
+def media_token(catalog_id: int, sha256: str) -> str:
+    """The name part of an item's files: derived from its bytes (so a re-run import lands on the
+    same path, leaving no orphans) but keyed with SECRET_KEY, so holding an image does not tell
+    anyone where, or whether, it is stored (the plain sha256 would)."""
+    mac = salted_hmac("dar.catalog.media", f"{catalog_id}:{sha256}", algorithm="sha256")
+    return mac.hexdigest()[:40]
+
+
+def _upload_path(prefix: str, item: CatalogItem, filename: str) -> str:
     ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else "img"
-    return f"catalogs/{item.catalog_id}/{item.sha256[:2]}/{item.sha256}.{ext}"
+    token = media_token(item.catalog_id, item.sha256)
+    return f"{prefix}/{item.catalog_id}/{token[:2]}/{token}.{ext}"
+
+
+def item_upload_path(item: CatalogItem, filename: str) -> str:
+    """Where the served rendition goes (the default media storage)."""
+    return _upload_path("catalogs", item, filename)
+
+
+def original_upload_path(item: CatalogItem, filename: str) -> str:
+    """Where the uploaded bytes are kept, as received (private storage, never served)."""
+    return _upload_path("originals", item, filename)
+
+
+def private_storage() -> Storage:
+    return storages["private"]
 
 
 class CatalogItem(models.Model):
@@ -44,7 +67,12 @@ class CatalogItem(models.Model):
         FAILED = "failed"
 
     catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="items")
+    # The web-size rendition re-encoded from decoded pixels: the only form of the item served.
     image = models.ImageField(upload_to=item_upload_path)
+    # The upload as received, kept for re-rendering (another web size) and the shop's records.
+    original = models.FileField(
+        upload_to=original_upload_path, storage=private_storage, blank=True, max_length=200
+    )
     sha256 = models.CharField(max_length=64)
     width = models.PositiveIntegerField(default=0)
     height = models.PositiveIntegerField(default=0)
@@ -75,7 +103,7 @@ class ItemEmbedding(models.Model):
     """One vector of one item in one embedding space, tagged with the model that made it.
 
     The vector column has no fixed dimension so that encoders of any size can coexist; each
-    (space, model) pair gets its own partial HNSW index over ``vector::vector(dim)``
+    (space, model) pair gets its own partial HNSW index over ``vector::halfvec(dim)``
     (see ``catalog.services.vectors``). Searches filter on ``model_name``, so vectors made by
     another encoder can never be mixed into a ranking.
     """
@@ -90,7 +118,9 @@ class ItemEmbedding(models.Model):
     space = models.CharField(max_length=8, choices=Space.choices)
     model_name = models.CharField(max_length=300)
     dim = models.PositiveIntegerField()
-    vector = VectorField()
+    # Half precision (pgvector halfvec): half the table and index of 32-bit floats for a recall
+    # change well under a point at 1M vectors (docs/benchmarks.md); indexable up to 4000 dims.
+    vector = HalfVectorField()
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

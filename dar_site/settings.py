@@ -186,6 +186,16 @@ MEDIA_ROOT = env_path("DJANGO_MEDIA_ROOT", BASE_DIR / ".run" / "media")
 # deployment can turn this off and serve MEDIA_ROOT from a web server.
 SERVE_MEDIA = env_bool("DAR_SERVE_MEDIA", True)
 SERVE_STATIC = env_bool("DAR_SERVE_STATIC", True)
+# Uploaded originals, kept as received and never served.
+PRIVATE_MEDIA_ROOT = env_path("DAR_PRIVATE_MEDIA_ROOT", BASE_DIR / ".run" / "private")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "private": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(PRIVATE_MEDIA_ROOT), "base_url": "/nowhere/"},
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Uploads: Django spools anything above this to disk instead of memory.
@@ -228,6 +238,9 @@ DAR_MAX_IMAGE_PIXELS = env_int("DAR_MAX_IMAGE_PIXELS", 40_000_000, min=1)
 DAR_MAX_ZIP_ENTRIES = env_int("DAR_MAX_ZIP_ENTRIES", 20_000, min=1)
 DAR_MAX_ZIP_BYTES = env_int("DAR_MAX_ZIP_BYTES", 2 * 1024**3, min=1024)
 DAR_EMBED_BATCH = env_int("DAR_EMBED_BATCH", 32, min=1, max=4096)
+DAR_WEB_IMAGE_SIZE = env_int("DAR_WEB_IMAGE_SIZE", 1024, min=64, max=8192)
+DAR_INGEST_PROCESSES = env_int("DAR_INGEST_PROCESSES", 0, min=0, max=256)
+DAR_MAX_UPLOAD_PIXELS = env_int("DAR_MAX_UPLOAD_PIXELS", 400_000_000, min=1)
 
 # --- Product: search ------------------------------------------------------------------------
 DAR_RESULTS_K = env_int("DAR_RESULTS_K", 24, min=1, max=500)

@@ -18,4 +18,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from .settings import *  # noqa: E402,F403
 
 MEDIA_ROOT = RUN_DIR / "test-media" / _tag  # noqa: F405
+PRIVATE_MEDIA_ROOT = RUN_DIR / "test-media" / f"{_tag}-private"  # noqa: F405
+STORAGES["private"]["OPTIONS"]["location"] = str(PRIVATE_MEDIA_ROOT)  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -15,8 +15,8 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from PIL import Image
 
-from catalog.models import Catalog, CatalogItem, Shop
-from catalog.services import embedding, ingest
+from catalog.models import Catalog, CatalogItem, Shop, media_token
+from catalog.services import embedding, ingest, validation
 from tests.factories import CatalogFactory, image_bytes
 
 pytestmark = pytest.mark.django_db
@@ -139,8 +139,15 @@ def test_mixed_batch_imports_the_good_and_reports_the_rest(tmp_path: Path) -> No
     rotated = items.get(source_name__endswith="rotated.jpg")
     assert (rotated.width, rotated.height) == (40, 60)
     assert str(rotated.image.name).endswith(".jpg") and str(scarf.image.name).endswith(".png")
-    # Content-addressed by the sha256 of the original bytes.
-    assert rotated.image.name == f"catalogs/{catalog.pk}/{rotated.sha256[:2]}/{rotated.sha256}.jpg"
+    # Content-addressed by a keyed hash of the original bytes: not the sha256 itself, which
+    # would tell anyone holding an image where (and whether) a catalog stores it.
+    token = media_token(catalog.pk, rotated.sha256)
+    assert rotated.image.name == f"catalogs/{catalog.pk}/{token[:2]}/{token}.jpg"
+    assert rotated.sha256 not in rotated.image.name
+    # The original is kept as received, privately (outside the served media folder).
+    with rotated.original.open("rb") as handle:
+        assert validation.sha256_of(handle.read()) == rotated.sha256
+    assert not Path(rotated.original.path).is_relative_to(settings.MEDIA_ROOT)
     assert len(stored_files(catalog)) == 8
 
 
@@ -161,24 +168,25 @@ def test_interrupted_import_finishes_on_rerun_without_duplicates_or_orphans(
 ) -> None:
     catalog = CatalogFactory.create()
     batch = build_batch(tmp_path)
-    real_store = ingest._store_file
+    real_store = ingest._store_files
     calls = {"n": 0}
 
-    def store_then_die(item: CatalogItem, image: Any) -> None:
-        real_store(item, image)
+    def store_then_die(item: CatalogItem, image: Any, original: bytes) -> None:
+        real_store(item, image, original)
         calls["n"] += 1
         if calls["n"] == 4:
-            raise KeyboardInterrupt  # killed after writing the file, before the row exists
+            raise KeyboardInterrupt  # killed after writing the files, before the rows exist
 
-    monkeypatch.setattr(ingest, "_store_file", store_then_die)
+    monkeypatch.setattr(ingest, "_store_files", store_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_import(catalog, list(batch.values()), tmp_path)
-    assert CatalogItem.objects.filter(catalog=catalog).count() == 3
-    assert len(stored_files(catalog)) == 4  # one file without a row
+    # A group's rows are inserted together once its files are written: none yet.
+    assert CatalogItem.objects.filter(catalog=catalog).count() == 0
+    assert len(stored_files(catalog)) == 4  # files without rows
 
-    monkeypatch.setattr(ingest, "_store_file", real_store)
+    monkeypatch.setattr(ingest, "_store_files", real_store)
     report = run_import(catalog, list(batch.values()), tmp_path)
-    assert len(report["imported"]) == 5 and len(report["duplicates"]) == 5
+    assert len(report["imported"]) == 8 and len(report["duplicates"]) == 2
     items = CatalogItem.objects.filter(catalog=catalog)
     assert items.count() == 8
     # Every file belongs to exactly one item: the leftover was adopted, not saved as name_x7Yz.
@@ -195,13 +203,8 @@ def test_a_file_cut_short_by_a_crash_is_replaced(tmp_path: Path) -> None:
 
     judged = judge(data)
     assert isinstance(judged, NormalisedImage)
-    leftover = (
-        Path(settings.MEDIA_ROOT)
-        / "catalogs"
-        / str(catalog.pk)
-        / judged.sha256[:2]
-        / f"{judged.sha256}.png"
-    )
+    token = media_token(catalog.pk, judged.sha256)
+    leftover = Path(settings.MEDIA_ROOT) / "catalogs" / str(catalog.pk) / token[:2] / f"{token}.png"
     leftover.parent.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(judged.data[:20])
     run_import(catalog, [tmp_path / "a.png"], tmp_path)

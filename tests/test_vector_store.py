@@ -41,6 +41,9 @@ def test_search_matches_numpy_and_ignores_other_models_and_catalogs() -> None:
     vectors.store("image", "enc-b", [(items[0].id, catalog.id, query)])
     vectors.store("image", "enc-a", [(stranger.id, other.id, query)])
 
+    # Stored in half precision: the ranking is numpy's over the rounded vectors, with the query
+    # at full precision.
+    vecs = vecs.astype(np.float16).astype(np.float32)
     expected = [items[i].id for i in np.argsort(-(vecs @ query), kind="stable")[:10]]
     for exact in (True, False):
         hits = vectors.search(
@@ -58,12 +61,12 @@ def test_store_is_idempotent_and_creates_the_hnsw_index() -> None:
     vectors.store("image", "enc", [(item.id, catalog.id, -v)])
     row = ItemEmbedding.objects.get(item=item)
     assert row.dim == 8 and row.model_name == "enc"
-    assert np.allclose(row.vector, -v)
+    assert np.allclose(row.vector, -v, atol=1e-3)  # half precision
     name = vectors.index_name("image", "enc", 8)
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [name])
         (indexdef,) = cursor.fetchone()
-    assert "hnsw" in indexdef and "vector_ip_ops" in indexdef
+    assert "hnsw" in indexdef and "halfvec_ip_ops" in indexdef
 
 
 def test_index_uses_the_configured_graph_parameters() -> None:

@@ -117,8 +117,14 @@ class EmbedResult:
         }
 
 
+# Encoders take 224 px inputs at most (CLIP, BLIP at 384 upsample nothing they need): the stored
+# rendition is decoded at the smallest JPEG scale that still covers that on its shorter side.
+EMBED_DECODE_SIZE = 384
+
+
 def _open_stored(item: CatalogItem) -> Image.Image:
     with item.image.open("rb") as handle, Image.open(handle) as img:
+        img.draft("RGB", (EMBED_DECODE_SIZE, EMBED_DECODE_SIZE))
         img.load()
         return img.convert("RGB")
 

@@ -3,11 +3,17 @@
 Every entry point (admin upload, REST API, ``import_catalog``, ``load_demo_catalog``) hands a list
 of ``sources.Candidate``s to ``import_candidates`` and gets an ``ImportReport`` back.
 
+The bytes are hashed and de-duplicated before anything is decoded; new ones are decoded once, in
+the decoding processes (``decoding``), while this thread reads the next ones. Each group of
+``DAR_EMBED_BATCH`` decoded images is stored (the rendition to serve, the original kept
+privately), inserted in one statement and its embedding job queued at once, so the embedding
+workers run beside the rest of the import.
+
 Safe to interrupt and re-run:
 
-* Files are content-addressed (``item_upload_path``: catalog id + sha256 of the original bytes),
-  and an existing file at that path is reused, never saved under a new name, so a file written by
-  an import killed before its database row leaves no orphan: the re-run adopts it.
+* Files are content-addressed (``item_upload_path``: catalog id + a keyed hash of the original
+  bytes), and an existing file at that path is reused, never saved under a new name, so a file
+  written by an import killed before its database row leaves no orphan: the re-run adopts it.
 * The database enforces one item per (catalog, sha256); a re-run reports those as duplicates.
 * Embedding jobs are queued after commit for the new items *and* for duplicates still pending, so
   items whose job was lost with an interrupted run are picked up again.
@@ -18,15 +24,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import Storage
 from django.db import IntegrityError, transaction
 
-from catalog.models import Catalog, CatalogItem, item_upload_path
+from catalog.models import Catalog, CatalogItem, item_upload_path, original_upload_path
 
-from . import validation
+from . import decoding, validation
 from .sources import Candidate, CandidateRejected
 
 log = logging.getLogger(__name__)
@@ -59,30 +68,32 @@ class ImportReport:
         self.queued += other.queued
 
 
-def _store_file(item: CatalogItem, image: validation.NormalisedImage) -> None:
-    """Put the normalised bytes at the item's content-addressed path (reusing what is there)."""
-    field_file = item.image
-    name = item_upload_path(item, f"image.{image.extension}")
-    storage = field_file.storage
+def _store(storage: Storage, name: str, data: bytes) -> str:
+    """Put ``data`` at its content-addressed ``name`` (reusing what an interrupted run left)."""
     if storage.exists(name):
         # Left by an interrupted run (no row points at it: we only get here for new bytes).
         # Adopt it if it is complete; a file cut short by a kill mid-write is replaced.
         with contextlib.suppress(OSError), storage.open(name, "rb") as handle:
-            if handle.read() == image.data:
-                field_file.name = name
-                return
+            if handle.read() == data:
+                return name
         storage.delete(name)
-    field_file.name = storage.save(name, ContentFile(image.data))
+    return storage.save(name, ContentFile(data))
 
 
-def _add_one(
+def _store_files(item: CatalogItem, image: validation.NormalisedImage, original: bytes) -> None:
+    item.image.name = _store(
+        item.image.storage, item_upload_path(item, f"image.{image.extension}"), image.data
+    )
+    ext = "jpg" if image.source_format in ("JPEG", "MPO") else image.source_format.lower()
+    item.original.name = _store(
+        item.original.storage, original_upload_path(item, f"original.{ext}"), original
+    )
+
+
+def _new_item(
     catalog: Catalog, candidate: Candidate, image: validation.NormalisedImage
-) -> tuple[CatalogItem, bool]:
-    """Create the item, or return the existing one with the same bytes (created=False)."""
-    existing = CatalogItem.objects.filter(catalog=catalog, sha256=image.sha256).first()
-    if existing is not None:
-        return existing, False
-    item = CatalogItem(
+) -> CatalogItem:
+    return CatalogItem(
         catalog=catalog,
         sha256=image.sha256,
         width=image.width,
@@ -93,18 +104,234 @@ def _add_one(
         attributes=candidate.attributes,
         status=CatalogItem.Status.PENDING,
     )
-    _store_file(item, image)
+
+
+def _add_one(catalog: Catalog, item: CatalogItem) -> tuple[CatalogItem, bool]:
+    """Save one item, or return the row a concurrent import of the same bytes saved first."""
     try:
         with transaction.atomic():
             item.save()
     except IntegrityError:
-        # A concurrent import of the same bytes won the race. Its row points at this very file
-        # (same path), so the file stays.
-        other = CatalogItem.objects.filter(catalog=catalog, sha256=image.sha256).first()
+        # That import's row points at these very files (same paths), so the files stay.
+        other = CatalogItem.objects.filter(catalog=catalog, sha256=item.sha256).first()
         if other is None:
             raise
         return other, False
     return item, True
+
+
+@dataclass
+class _Pending:
+    """A candidate whose bytes are new to the catalog: decoding, then stored."""
+
+    candidate: Candidate
+    data: bytes
+    sha256: str
+    future: Future[validation.NormalisedImage | validation.Rejection]
+    copies: list[Candidate] = field(default_factory=list)  # same bytes later in this import
+
+
+@dataclass
+class _Group:
+    pending: list[_Pending] = field(default_factory=list)
+    size: int = 0  # bytes held
+
+
+class _Import:
+    """One import run: reads and de-duplicates in this thread, decodes in the pool, stores and
+    queues the embedding of each group as soon as it is decoded (so the embedding workers start
+    on the first group while later ones are still decoding)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        embed: bool,
+        on_progress: Callable[[Candidate, str], None] | None,
+        pixel_budget: int | None,
+        inline: bool,
+    ) -> None:
+        self.catalog = catalog
+        self.embed = embed
+        self.on_progress = on_progress
+        self.report = ImportReport()
+        self.limits = validation.Limits.from_settings()
+        self.decoder = decoding.Decoder(self.limits, inline=inline)
+        self.group_items = int(settings.DAR_EMBED_BATCH)
+        self.pixels_left = pixel_budget
+        # sha256 -> what this run made of those bytes: decoding, the item, or a rejection reason.
+        self.first: dict[str, _Pending | CatalogItem | str] = {}
+        self.reading = _Group()
+        self.decoding: _Group | None = None
+
+    def _done(self, candidate: Candidate, outcome: str) -> None:
+        if self.on_progress:
+            self.on_progress(candidate, outcome)
+
+    def _reject(self, candidate: Candidate, reason: str) -> None:
+        self.report.rejected.append({"path": candidate.path, "reason": reason})
+        self._done(candidate, "rejected")
+
+    # --- reading: nothing decoded yet --------------------------------------------------------
+
+    def add(self, candidate: Candidate) -> None:
+        data = self._read(candidate)
+        if data is None:
+            return
+        sha = validation.sha256_of(data)
+        # Duplicates are found on the bytes, before any decoding (ten copies of one huge image
+        # cost one decode, or none if the catalog has it already).
+        seen = self.first.get(sha)
+        if isinstance(seen, _Pending):
+            seen.copies.append(candidate)
+            return
+        if isinstance(seen, CatalogItem):
+            self._duplicate(candidate, seen)
+            return
+        if seen is not None:
+            self._reject(candidate, seen)
+            return
+        existing = (
+            CatalogItem.objects.filter(catalog=self.catalog, sha256=sha)
+            .only("pk", "sha256", "source_name", "status")
+            .first()
+        )
+        if existing is not None:
+            self._duplicate(candidate, existing)
+            return
+        reason = self._spend_pixels(data)
+        if reason:
+            self._reject(candidate, reason)
+            return
+        pending = _Pending(candidate, data, sha, self.decoder.submit(data, sha))
+        self.first[sha] = pending
+        self.reading.pending.append(pending)
+        self.reading.size += len(data)
+        if len(self.reading.pending) >= self.group_items or self.reading.size >= _GROUP_BYTES:
+            self._rotate()
+
+    def _read(self, candidate: Candidate) -> bytes | None:
+        if candidate.rejection:
+            self._reject(candidate, candidate.rejection)
+            return None
+        if candidate.read is None:
+            self._reject(candidate, "nothing to read")
+            return None
+        try:
+            data = candidate.read()
+        except CandidateRejected as exc:
+            self._reject(candidate, str(exc))
+            return None
+        except OSError as exc:
+            self._reject(candidate, f"cannot read: {exc}")
+            return None
+        early = validation.precheck(data, self.limits)
+        if early:
+            self._reject(candidate, early.reason)
+            return None
+        return data
+
+    def _spend_pixels(self, data: bytes) -> str | None:
+        """Charge an image's pixels (from its header) to the upload's decode budget."""
+        if self.pixels_left is None:
+            return None
+        pixels = validation.header_pixels(data)
+        if pixels is None:
+            return None  # not an image the decoder will accept: it says why
+        if pixels > self.pixels_left:
+            return (
+                f"decode budget of this upload spent: {pixels:,} more pixels exceed the "
+                f"{int(settings.DAR_MAX_UPLOAD_PIXELS):,} one upload may decode "
+                "(DAR_MAX_UPLOAD_PIXELS); upload the rest separately"
+            )
+        self.pixels_left -= pixels
+        return None
+
+    def _rotate(self) -> None:
+        """The group just read starts its wait; the one before it is stored meanwhile."""
+        if self.decoding is not None:
+            self._store_group(self.decoding)
+        self.decoding, self.reading = self.reading, _Group()
+
+    def finish(self) -> ImportReport:
+        self._rotate()
+        self._rotate()
+        return self.report
+
+    # --- storing: decoded groups -------------------------------------------------------------
+
+    def _store_group(self, group: _Group) -> None:
+        accepted: list[tuple[_Pending, CatalogItem]] = []
+        for pending in group.pending:
+            judged = self.decoder.result(pending.future)
+            data, pending.data = pending.data, b""  # the bytes are not needed once stored
+            if isinstance(judged, validation.Rejection):
+                self._refuse(pending, judged.reason)
+                continue
+            item = _new_item(self.catalog, pending.candidate, judged)
+            try:
+                _store_files(item, judged, data)
+            except OSError as exc:
+                log.exception("could not store %s", pending.candidate.path)
+                self._refuse(pending, f"could not store the image: {exc}")
+                continue
+            accepted.append((pending, item))
+        group.pending.clear()
+        to_embed = []
+        for pending, item, created in self._save(accepted):
+            if created:
+                self.report.imported.append(
+                    {"path": pending.candidate.path, "id": item.pk, "sha256": item.sha256}
+                )
+                to_embed.append(item.pk)
+                self._done(pending.candidate, "imported")
+            else:
+                self._duplicate(pending.candidate, item)
+            self.first[pending.sha256] = item
+            for copy in pending.copies:
+                self._duplicate(copy, item)
+        self._queue(to_embed)
+
+    def _refuse(self, pending: _Pending, reason: str) -> None:
+        self.first[pending.sha256] = reason
+        for candidate in [pending.candidate, *pending.copies]:
+            self._reject(candidate, reason)
+
+    def _save(
+        self, accepted: list[tuple[_Pending, CatalogItem]]
+    ) -> list[tuple[_Pending, CatalogItem, bool]]:
+        """One INSERT for the group; row by row only if a concurrent import got in first."""
+        if not accepted:
+            return []
+        try:
+            with transaction.atomic():
+                CatalogItem.objects.bulk_create([item for _, item in accepted])
+            return [(pending, item, True) for pending, item in accepted]
+        except IntegrityError:
+            out = []
+            for pending, item in accepted:
+                item.pk = None
+                saved, created = _add_one(self.catalog, item)
+                out.append((pending, saved, created))
+            return out
+
+    def _duplicate(self, candidate: Candidate, item: CatalogItem) -> None:
+        self.report.duplicates.append(
+            {"path": candidate.path, "id": item.pk, "sha256": item.sha256, "of": item.source_name}
+        )
+        if item.status == CatalogItem.Status.PENDING:
+            self._queue([item.pk])  # its job may have been lost with an interrupted import
+        self._done(candidate, "duplicate")
+
+    def _queue(self, ids: list[int]) -> None:
+        if self.embed and ids:
+            from .embedding import queue_items
+
+            self.report.queued += queue_items(ids)
+
+
+# A group holds its images' bytes until they are stored: at most this much.
+_GROUP_BYTES = 64 * 1024 * 1024
 
 
 def import_candidates(
@@ -113,61 +340,26 @@ def import_candidates(
     *,
     embed: bool = True,
     on_progress: Callable[[Candidate, str], None] | None = None,
+    pixel_budget: int | None = None,
 ) -> ImportReport:
     """Import every good candidate, report every duplicate and rejection; never stops early.
 
     ``on_progress(candidate, outcome)`` is called once per candidate with outcome ``imported``,
-    ``duplicate`` or ``rejected`` (progress bars).
+    ``duplicate`` or ``rejected`` (progress bars). ``pixel_budget`` bounds the pixels this import
+    may decode (uploads from the web: ``DAR_MAX_UPLOAD_PIXELS``).
     """
-    report = ImportReport()
-    to_embed: list[int] = []
-    for candidate in candidates:
-        outcome = _import_one(catalog, candidate, report, to_embed)
-        if on_progress:
-            on_progress(candidate, outcome)
-    if embed and to_embed:
-        from .embedding import queue_items
-
-        report.queued = queue_items(to_embed)
-    return report
-
-
-def _import_one(
-    catalog: Catalog, candidate: Candidate, report: ImportReport, to_embed: list[int]
-) -> str:
-    def reject(reason: str) -> str:
-        report.rejected.append({"path": candidate.path, "reason": reason})
-        return "rejected"
-
-    if candidate.rejection:
-        return reject(candidate.rejection)
-    if candidate.read is None:
-        return reject("nothing to read")
-    try:
-        data = candidate.read()
-    except CandidateRejected as exc:
-        return reject(str(exc))
-    except OSError as exc:
-        return reject(f"cannot read: {exc}")
-    judged = validation.judge(data, candidate.path)
-    del data
-    if isinstance(judged, validation.Rejection):
-        return reject(judged.reason)
-    try:
-        item, created = _add_one(catalog, candidate, judged)
-    except OSError as exc:
-        log.exception("could not store %s", candidate.path)
-        return reject(f"could not store the image: {exc}")
-    if created:
-        report.imported.append({"path": candidate.path, "id": item.pk, "sha256": item.sha256})
-        to_embed.append(item.pk)
-        return "imported"
-    report.duplicates.append(
-        {"path": candidate.path, "id": item.pk, "sha256": item.sha256, "of": item.source_name}
+    candidates = list(candidates)
+    readable = sum(1 for c in candidates if c.read is not None and not c.rejection)
+    run = _Import(
+        catalog,
+        embed=embed,
+        on_progress=on_progress,
+        pixel_budget=pixel_budget,
+        inline=readable <= 1 or decoding.processes() <= 1,
     )
-    if item.status == CatalogItem.Status.PENDING:
-        to_embed.append(item.pk)  # its job may have been lost with an interrupted import
-    return "duplicate"
+    for candidate in candidates:
+        run.add(candidate)
+    return run.finish()
 
 
 def import_paths(
@@ -204,4 +396,6 @@ def import_uploads(
         candidates = from_uploads(
             files, stack, title=title, description=description, attributes=attributes
         )
-        return import_candidates(catalog, candidates, embed=embed)
+        return import_candidates(
+            catalog, candidates, embed=embed, pixel_budget=int(settings.DAR_MAX_UPLOAD_PIXELS)
+        )

@@ -1,18 +1,23 @@
-"""Judging uploaded bytes: a normalised image, or a clear reason for rejecting them.
+"""Judging uploaded bytes: a web-size rendition to serve, or a clear reason for rejecting them.
 
-Pure functions over bytes (no database, no storage). The file name is only used in messages: the
-content decides. Pillow opens the bytes with an allowlist of raster formats, so markup (SVG, HTML),
-documents and exotic formats with risky decoders (EPS runs Ghostscript) are never parsed.
+Pure functions over bytes (no database, no storage, no settings once ``Limits`` are given), so
+they run in the ingest's worker processes (``decoding``). The file name is only used in messages:
+the content decides. Pillow opens the bytes with an allowlist of raster formats, so markup (SVG,
+HTML), documents and exotic formats with risky decoders (EPS runs Ghostscript) are never parsed.
 
 Decisions:
 
-* The sha256 is computed on the ORIGINAL bytes, as received: re-uploading the same file is a
-  duplicate whatever the normaliser does, and the hash can be checked against the shop's own files.
-* The stored image is the normalised one (orientation applied, RGB, transparency flattened on
-  white, first frame). JPEG sources are stored as high-quality JPEG (quality 95, no chroma
-  subsampling): PNG would multiply the size of photographs for no visible gain. Every other source
-  (PNG, GIF, WebP, BMP, TIFF, AVIF; drawings, screenshots, emoji) is stored as lossless PNG.
-  Re-encoding also drops EXIF (camera serials, GPS positions) from what the site serves.
+* The sha256 is computed on the ORIGINAL bytes, as received, and before anything is decoded: a
+  re-uploaded file is a duplicate whatever the normaliser does, and the ingest skips decoding it.
+* Each upload is decoded ONCE, at the size the rendition needs (JPEG's DCT-domain downscaling,
+  Pillow's ``draft``, for photos larger than twice the web size), then oriented, converted to RGB
+  (transparency flattened on white, first frame), scaled to ``DAR_WEB_IMAGE_SIZE`` on its longer
+  side and re-encoded. Only that rendition is ever served: re-encoding from decoded pixels drops
+  whatever rode along in the file (EXIF with GPS positions, markup of a polyglot, trailing data).
+  The original bytes are kept privately (``ingest``), never served.
+* JPEG sources give a JPEG rendition (quality 90, no ``optimize``: twice as fast for a file a few
+  percent larger); every other source (drawings, screenshots, emoji) a lossless PNG at zlib's
+  fastest level (a photo-sized PNG at the default level costs several times longer).
 """
 
 from __future__ import annotations
@@ -30,21 +35,41 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Raster formats we decode (JPEG includes multi-picture MPO). Nothing else reaches a decoder.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 _LOSSY_SOURCES = {"JPEG", "MPO"}
-JPEG_QUALITY = 95
+JPEG_QUALITY = 90
+PNG_COMPRESS_LEVEL = 1
 BACKGROUND = (255, 255, 255)
 
 
 @dataclass(frozen=True)
-class NormalisedImage:
-    """An accepted image: the bytes to store and what we know about them."""
+class Limits:
+    """What one judgement may cost, from settings (picklable: sent to the decoding processes)."""
 
-    data: bytes  # the normalised, re-encoded image (what is stored and embedded)
+    max_bytes: int
+    max_pixels: int
+    web_size: int  # longer side of the served rendition
+
+    @classmethod
+    def from_settings(cls) -> Limits:
+        return cls(
+            max_bytes=int(settings.DAR_MAX_IMAGE_BYTES),
+            max_pixels=int(settings.DAR_MAX_IMAGE_PIXELS),
+            web_size=int(settings.DAR_WEB_IMAGE_SIZE),
+        )
+
+
+@dataclass(frozen=True)
+class NormalisedImage:
+    """An accepted image: the rendition to store and serve, and what we know about it."""
+
+    data: bytes  # the web-size rendition, re-encoded from decoded pixels (served and embedded)
     extension: str  # "jpg" or "png", matching ``data``
     sha256: str  # of the ORIGINAL bytes (duplicate detection)
-    width: int
+    width: int  # of the rendition
     height: int
     source_format: str  # what Pillow identified the original as, e.g. "JPEG"
     source_mode: str  # the original's mode, e.g. "CMYK", "I;16", "P"
+    source_width: int = 0  # the original's size, once oriented
+    source_height: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,20 +80,24 @@ class Rejection:
 _configured_limit: int | None = None
 
 
-def configure_pillow() -> None:
+def apply_pixel_limit(limit: int) -> None:
     """Make Pillow's own decompression-bomb guard a hard error at our pixel limit.
 
     Pillow only *warns* between ``MAX_IMAGE_PIXELS`` and twice that; a warning would let a bomb
-    through. Called from ``CatalogConfig.ready`` and before each judgement; it only touches the
-    process-wide Pillow and warnings state when the limit changed (settings overridden in tests).
+    through. It only touches the process-wide Pillow and warnings state when the limit changed
+    (settings overridden in tests).
     """
     global _configured_limit
-    limit = int(settings.DAR_MAX_IMAGE_PIXELS)
     if limit == _configured_limit and limit == Image.MAX_IMAGE_PIXELS:
         return
     Image.MAX_IMAGE_PIXELS = limit
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     _configured_limit = limit
+
+
+def configure_pillow() -> None:
+    """``apply_pixel_limit`` at DAR_MAX_IMAGE_PIXELS (``CatalogConfig.ready``)."""
+    apply_pixel_limit(int(settings.DAR_MAX_IMAGE_PIXELS))
 
 
 def sha256_of(data: bytes) -> str:
@@ -91,8 +120,29 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def _pixel_limit_reason(width: int, height: int) -> str | None:
-    limit = int(settings.DAR_MAX_IMAGE_PIXELS)
+def precheck(data: bytes, limits: Limits) -> Rejection | None:
+    """What can be said without decoding: empty, too large, not a raster image."""
+    if not data:
+        return Rejection("empty file")
+    if len(data) > limits.max_bytes:
+        return Rejection(
+            f"file too large: {len(data):,} bytes exceeds the limit of {limits.max_bytes:,} bytes "
+            "(DAR_MAX_IMAGE_BYTES)"
+        )
+    reason = sniff(data)
+    return Rejection(reason) if reason else None
+
+
+def header_pixels(data: bytes) -> int | None:
+    """Width x height from the header alone (no decoding), or None if Pillow cannot tell."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
+            return int(img.width) * int(img.height)
+    except Exception:  # the decoder judges it properly (with a reason) later
+        return None
+
+
+def _pixel_limit_reason(width: int, height: int, limit: int) -> str | None:
     if width * height > limit:
         return (
             f"decompression bomb guard: {width}x{height} = {width * height:,} pixels exceeds the "
@@ -101,22 +151,22 @@ def _pixel_limit_reason(width: int, height: int) -> str | None:
     return None
 
 
-def judge(data: bytes, name: str = "") -> NormalisedImage | Rejection:
-    """Accept and normalise ``data``, or say why not. Never raises on bad input."""
-    if not data:
-        return Rejection("empty file")
-    limit = int(settings.DAR_MAX_IMAGE_BYTES)
-    if len(data) > limit:
-        return Rejection(
-            f"file too large: {len(data):,} bytes exceeds the limit of {limit:,} bytes "
-            "(DAR_MAX_IMAGE_BYTES)"
-        )
-    reason = sniff(data)
-    if reason:
-        return Rejection(reason)
-    configure_pillow()
+def judge(
+    data: bytes, name: str = "", limits: Limits | None = None, sha256: str | None = None
+) -> NormalisedImage | Rejection:
+    """Accept ``data`` and render it for the web, or say why not. Never raises on bad input."""
+    limits = limits or Limits.from_settings()
+    early = precheck(data, limits)
+    if early:
+        return early
+    return decode(data, limits, sha256 or sha256_of(data))
+
+
+def decode(data: bytes, limits: Limits, sha256: str) -> NormalisedImage | Rejection:
+    """The one decode of prechecked bytes (runs in the ingest's decoding processes)."""
+    apply_pixel_limit(limits.max_pixels)
     try:
-        return _decode(data)
+        return _render(data, limits, sha256)
     except _Reject as exc:
         return Rejection(str(exc))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -125,7 +175,7 @@ def judge(data: bytes, name: str = "") -> NormalisedImage | Rejection:
         pixels = f"{int(found.group(1)):,} pixels" if found else "the image"
         return Rejection(
             f"decompression bomb guard: {pixels} exceeds the limit of "
-            f"{int(settings.DAR_MAX_IMAGE_PIXELS):,} pixels (DAR_MAX_IMAGE_PIXELS)"
+            f"{limits.max_pixels:,} pixels (DAR_MAX_IMAGE_PIXELS)"
         )
     except UnidentifiedImageError:
         return Rejection(
@@ -143,44 +193,62 @@ class _Reject(Exception):
     pass
 
 
-def _decode(data: bytes) -> NormalisedImage:
-    # verify() walks the structure (chunk CRCs, markers) without decoding; it needs its own handle.
-    with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as probe:
-        source_format = probe.format or "unknown"
-        reason = _pixel_limit_reason(*probe.size)
+def _fit(width: int, height: int, longest: int) -> tuple[int, int]:
+    """``width`` x ``height`` scaled down to ``longest`` on its longer side."""
+    scale = min(1.0, longest / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _render(data: bytes, limits: Limits, sha256: str) -> NormalisedImage:
+    with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
+        source_format = img.format or "unknown"
+        source_mode = img.mode
+        reason = _pixel_limit_reason(*img.size, limits.max_pixels)
         if reason:
             raise _Reject(reason)
-        if probe.width < 1 or probe.height < 1:
+        if img.width < 1 or img.height < 1:
             raise _Reject("image has no pixels")
-        probe.verify()
-    with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
-        source_mode = img.mode
+        if source_format not in _LOSSY_SOURCES:
+            # verify() walks the structure (chunk CRCs) without decoding; it needs its own handle.
+            # JPEG's has nothing to check that the decode does not.
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as probe:
+                probe.verify()
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP/APNG: the first frame stands for the item
-        img.load()  # full decode: truncated data fails here (LOAD_TRUNCATED_IMAGES stays off)
+        header_size = img.size
+        target = _fit(img.width, img.height, limits.web_size)
+        if source_format in _LOSSY_SOURCES:
+            # Decode at 1/2, 1/4 or 1/8 scale when that still covers the rendition (it is
+            # rotated by EXIF later, so the request must cover both orientations).
+            side = min(target)
+            img.draft("RGB", (side, side))
+        img.load()  # the decode: truncated data fails here (LOAD_TRUNCATED_IMAGES stays off)
         oriented = ImageOps.exif_transpose(img) or img
+        turned = oriented.size != img.size
+        source_size = (header_size[1], header_size[0]) if turned else header_size
         try:
             rgb = to_rgb(oriented)
         except ValueError as exc:
             raise _Reject(f"unsupported colour mode {source_mode}: {exc}") from None
-    reason = _pixel_limit_reason(*rgb.size)
-    if reason:
-        raise _Reject(reason)
+    if max(rgb.size) > limits.web_size:
+        rgb = rgb.resize(_fit(*rgb.size, limits.web_size), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     if source_format in _LOSSY_SOURCES:
-        rgb.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=True)
+        rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
         extension = "jpg"
     else:
-        rgb.save(out, format="PNG")
+        rgb.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         extension = "png"
     return NormalisedImage(
         data=out.getvalue(),
         extension=extension,
-        sha256=sha256_of(data),
+        sha256=sha256,
         width=rgb.width,
         height=rgb.height,
         source_format=source_format,
         source_mode=source_mode,
+        source_width=source_size[0],
+        source_height=source_size[1],
     )
 
 

@@ -3,11 +3,19 @@
 Vectors are L2-normalised, so cosine similarity is the inner product: queries order by pgvector's
 ``<#>`` (negative inner product). Every query names the encoder, so vectors from another model
 never enter a ranking.
+
+Vectors are stored in half precision (``halfvec``) and indexed as ``halfvec(dim)`` (HNSW takes up
+to 4000 dimensions that way, against 2000 for 32-bit ``vector``). Scores are always computed at
+full precision on the query's side: the stored halves are widened (exactly) to ``vector`` and
+met with the float32 query, so a ranking equals numpy's over the stored vectors. The HNSW path
+finds its candidates with the index (the query rounded to halves, as the index needs) and orders
+those by the same exact score.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +39,35 @@ def _literal(vector: Sequence[float] | np.ndarray) -> str:
     return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
 
 
+# pgvector's HNSW limit for halfvec.
+MAX_INDEXED_DIM = 4000
+# COPY's binary header (signature, flags, header extension length) and trailer.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+
+
 def index_name(space: str, model_name: str, dim: int) -> str:
-    digest = hashlib.sha256(f"{space}|{model_name}|{dim}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{space}|{model_name}|{dim}|halfvec".encode()).hexdigest()[:16]
     return f"itememb_hnsw_{digest}"
 
 
-def ensure_index(space: str, model_name: str, dim: int) -> str:
-    """Create the partial HNSW index for one (space, model) pair if it does not exist yet."""
+def index_sql(name: str, dim: int) -> str:
+    """CREATE INDEX for one (space, model) pair; its WHERE takes (space, model_name) params."""
+    return (
+        f"CREATE INDEX IF NOT EXISTS {name} ON {_TABLE} "
+        f"USING hnsw ((vector::halfvec({int(dim)})) halfvec_ip_ops) "
+        f"WITH (m = {int(settings.DAR_HNSW_M)}, "
+        f"ef_construction = {int(settings.DAR_HNSW_EF_CONSTRUCTION)}) "
+        f"WHERE space = %s AND model_name = %s AND dim = {int(dim)}"
+    )
+
+
+def ensure_index(space: str, model_name: str, dim: int) -> str | None:
+    """Create the partial HNSW index for one (space, model) pair if it does not exist yet.
+
+    None for vectors too long to index (searched by exact scans)."""
+    if dim > MAX_INDEXED_DIM:
+        return None
     name = index_name(space, model_name, dim)
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [name])
@@ -53,15 +83,20 @@ def ensure_index(space: str, model_name: str, dim: int) -> str:
             [settings.DAR_HNSW_BUILD_MEMORY],
         )
         # Graph parameters apply when an index is built; changing them needs a rebuild (drop it).
-        cursor.execute(
-            f"CREATE INDEX IF NOT EXISTS {name} ON {_TABLE} "
-            f"USING hnsw ((vector::vector({int(dim)})) vector_ip_ops) "
-            f"WITH (m = {int(settings.DAR_HNSW_M)}, "
-            f"ef_construction = {int(settings.DAR_HNSW_EF_CONSTRUCTION)}) "
-            f"WHERE space = %s AND model_name = %s AND dim = {int(dim)}",
-            [space, model_name],
-        )
+        cursor.execute(index_sql(name, dim), [space, model_name])
     return name
+
+
+def _copy_payload(rows: list[tuple[int, int, np.ndarray]]) -> bytes:
+    """Rows (item_id, catalog_id, vector) as COPY's binary format, vectors as halfvec."""
+    parts = [_COPY_HEADER]
+    for item_id, catalog_id, vector in rows:
+        halves = np.asarray(vector, dtype=">f2")
+        field = struct.pack(">HH", len(halves), 0) + halves.tobytes()
+        parts.append(struct.pack(">hiqiqi", 3, 8, item_id, 8, catalog_id, len(field)))
+        parts.append(field)
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
 
 
 def store(
@@ -73,34 +108,36 @@ def store(
 ) -> int:
     """Upsert vectors given as (item_id, catalog_id, vector); idempotent per item/space/model.
 
-    ``index=False`` leaves the HNSW index to a later ``ensure_index``: building it once after a
-    bulk load is several times faster than updating it on every insert."""
-    objs = []
-    dim = 0
-    for item_id, catalog_id, vector in rows:
-        dim = int(vector.shape[-1])
-        objs.append(
-            ItemEmbedding(
-                item_id=item_id,
-                catalog_id=catalog_id,
-                space=space,
-                model_name=model_name,
-                dim=dim,
-                vector=np.asarray(vector, dtype=np.float32),
-            )
-        )
-    if not objs:
+    One COPY (binary, half precision) into a temporary table and one INSERT ... ON CONFLICT from
+    it, whatever the number of rows. ``index=False`` leaves the HNSW index to a later
+    ``ensure_index``: building it once after a bulk load is several times faster than updating it
+    on every insert."""
+    batch = [(int(i), int(c), np.asarray(v, dtype=np.float32)) for i, c, v in rows]
+    if not batch:
         return 0
-    with transaction.atomic():
-        ItemEmbedding.objects.bulk_create(
-            objs,
-            update_conflicts=True,
-            unique_fields=["item", "space", "model_name"],
-            update_fields=["vector", "dim", "catalog"],
+    dims = {int(v.shape[-1]) for _, _, v in batch}
+    if len(dims) != 1:
+        raise ValueError(f"one dimension per call, got {sorted(dims)}")
+    dim = dims.pop()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS dar_vector_load"
+            " (item_id bigint, catalog_id bigint, vector halfvec) ON COMMIT DELETE ROWS"
+        )
+        # Empty at a commit, but not inside an enclosing transaction that stored before.
+        cursor.execute("TRUNCATE dar_vector_load")
+        with cursor.copy("COPY dar_vector_load FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.write(_copy_payload(batch))
+        cursor.execute(
+            f"INSERT INTO {_TABLE} (item_id, catalog_id, space, model_name, dim, vector,"
+            " created_at) SELECT item_id, catalog_id, %s, %s, %s, vector, now()"
+            " FROM dar_vector_load ON CONFLICT (item_id, space, model_name) DO UPDATE"
+            " SET vector = EXCLUDED.vector, dim = EXCLUDED.dim, catalog_id = EXCLUDED.catalog_id",
+            [space, model_name, dim],
         )
     if index:
         ensure_index(space, model_name, dim)
-    return len(objs)
+    return len(batch)
 
 
 def search(
@@ -121,16 +158,28 @@ def search(
     """
     dim = int(query.shape[-1])
     literal = _literal(query)
-    sql = (
-        f"SELECT item_id, -((vector::vector({dim})) <#> %s::vector({dim})) AS score "
-        f"FROM {_TABLE} WHERE catalog_id = %s AND space = %s AND model_name = %s AND dim = {dim}"
-    )
-    params: list[Any] = [literal, catalog_id, space, model_name]
+    score = f"(vector::vector({dim})) <#> %s::vector({dim})"
+    where = f"catalog_id = %s AND space = %s AND model_name = %s AND dim = {dim}"
+    params: list[Any] = [catalog_id, space, model_name]
     if exclude:
-        sql += " AND NOT (item_id = ANY(%s))"
+        where += " AND NOT (item_id = ANY(%s))"
         params.append(list(exclude))
-    sql += f" ORDER BY (vector::vector({dim})) <#> %s::vector({dim}), item_id LIMIT %s"
-    params += [literal, int(k)]
+    exact = exact or dim > MAX_INDEXED_DIM
+    if exact:
+        sql = (
+            f"SELECT item_id, -({score}) AS score FROM {_TABLE} WHERE {where}"
+            f" ORDER BY {score}, item_id LIMIT %s"
+        )
+        params = [literal, *params, literal, int(k)]
+    else:
+        # The index finds the k nearest by the half-precision distance (its own expression);
+        # they are then ordered by the exact one.
+        sql = (
+            f"SELECT item_id, -({score}) AS score FROM (SELECT item_id, vector FROM {_TABLE}"
+            f" WHERE {where} ORDER BY (vector::halfvec({dim})) <#> %s::halfvec({dim}) LIMIT %s)"
+            f" AS near ORDER BY {score}, item_id"
+        )
+        params = [literal, *params, literal, int(k), literal]
     if exact:
         local = {"enable_indexscan": "off", "enable_bitmapscan": "off"}
     else:
