@@ -80,8 +80,8 @@ class Decoder:
             _reset()
             return _executor().submit(validation.decode, data, self.limits, sha256)
 
-    @staticmethod
     def result(
+        self,
         future: Future[validation.NormalisedImage | validation.Rejection],
     ) -> validation.NormalisedImage | validation.Rejection:
         try:

@@ -117,9 +117,9 @@ class EmbedResult:
         }
 
 
-# Encoders take 224 px inputs at most (CLIP, BLIP at 384 upsample nothing they need): the stored
-# rendition is decoded at the smallest JPEG scale that still covers that on its shorter side.
-EMBED_DECODE_SIZE = 384
+# CLIP-family encoders take 224 px inputs (ViT-B/32; BLIP's 384 upscales what it gets): the
+# stored rendition is decoded at the smallest JPEG scale still covering that on its shorter side.
+EMBED_DECODE_SIZE = 224
 
 
 def _open_stored(item: CatalogItem) -> Image.Image:
