@@ -25,4 +25,10 @@ from dar_site.settings import *  # noqa: E402,F403
 
 MEDIA_ROOT = RUN_DIR / "bench-media" / os.environ["DAR_REDIS_PREFIX"].replace(":", "-")  # noqa: F405
 PRIVATE_MEDIA_ROOT = MEDIA_ROOT / "private"
-STORAGES["private"]["OPTIONS"]["location"] = str(PRIVATE_MEDIA_ROOT)  # noqa: F405
+STORAGES = storages_setting(  # noqa: F405
+    backend="local",
+    media_root=str(MEDIA_ROOT),
+    media_url=MEDIA_URL,  # noqa: F405
+    private_root=str(PRIVATE_MEDIA_ROOT),
+    s3={},
+)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.conf import settings
 from django.core.files.storage import Storage, storages
+from django.core.signals import setting_changed
 from django.db import models
+from django.dispatch import receiver
+from django.utils.functional import LazyObject, empty
 from django.utils.crypto import salted_hmac
 from pgvector.django import HalfVectorField
 
@@ -56,8 +61,24 @@ def original_upload_path(item: CatalogItem, filename: str) -> str:
     return _upload_path("originals", item, filename)
 
 
+class _PrivateStorage(LazyObject):
+    """``storages["private"]``, looked up when first used (and again when STORAGES changes)."""
+
+    def _setup(self) -> None:
+        self._wrapped = storages["private"]
+
+
+_private = _PrivateStorage()
+
+
+@receiver(setting_changed)
+def _storages_changed(setting: str, **_: object) -> None:
+    if setting == "STORAGES":
+        _private._wrapped = empty
+
+
 def private_storage() -> Storage:
-    return storages["private"]
+    return cast(Storage, _private)
 
 
 class CatalogItem(models.Model):

@@ -12,16 +12,13 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.conf import settings  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from retrieval.routing import websocket_urlpatterns  # noqa: E402
 
 from .origins import OriginValidatorFromSettings  # noqa: E402
 
-# Small installs (and the demo) serve /static/ from this process; a production deployment behind
-# a web server can set DAR_SERVE_STATIC=0 and serve collectstatic's output instead.
-http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
+# Static files come from WhiteNoise's middleware (compressed, with cache headers), everywhere.
+http_app = django_asgi_app
 
 application = ProtocolTypeRouter(
     {

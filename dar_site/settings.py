@@ -19,6 +19,7 @@ from .env import (
     env_pg_size,
     env_str,
 )
+from .storage_config import storages_setting
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # A local .env (see .env.example) fills in variables the real environment leaves unset.
@@ -73,6 +74,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -182,20 +184,34 @@ STATIC_ROOT = env_path("DJANGO_STATIC_ROOT", BASE_DIR / ".run" / "static")
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_URL = env_str("DJANGO_MEDIA_URL", "/media/")
 MEDIA_ROOT = env_path("DJANGO_MEDIA_ROOT", BASE_DIR / ".run" / "media")
-# Serve uploaded and generated images from Django itself (demo, small installs); a production
-# deployment can turn this off and serve MEDIA_ROOT from a web server.
-SERVE_MEDIA = env_bool("DAR_SERVE_MEDIA", True)
-SERVE_STATIC = env_bool("DAR_SERVE_STATIC", True)
 # Uploaded originals, kept as received and never served.
 PRIVATE_MEDIA_ROOT = env_path("DAR_PRIVATE_MEDIA_ROOT", BASE_DIR / ".run" / "private")
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "private": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage",
-        "OPTIONS": {"location": str(PRIVATE_MEDIA_ROOT), "base_url": "/nowhere/"},
+# Media behind signed, expiring URLs (dar_site/media.py): the local disk, or any S3-compatible
+# object store (AWS S3, MinIO, R2...) shared by every web and worker host.
+DAR_MEDIA_STORAGE = env_choice("DAR_MEDIA_STORAGE", "local", ["local", "s3"])
+DAR_MEDIA_URL_MAX_AGE = env_int("DAR_MEDIA_URL_MAX_AGE", 3600, min=60)
+# Local storage behind nginx: the internal location that maps to MEDIA_ROOT (e.g.
+# /protected-media/); the checked request is then answered with X-Accel-Redirect.
+DAR_MEDIA_ACCEL_REDIRECT = env_str("DAR_MEDIA_ACCEL_REDIRECT", "")
+STORAGES = storages_setting(
+    backend=DAR_MEDIA_STORAGE,
+    media_root=str(MEDIA_ROOT),
+    media_url=MEDIA_URL,
+    private_root=str(PRIVATE_MEDIA_ROOT),
+    s3={
+        "bucket_name": env_str("DAR_S3_BUCKET", "dar-media"),
+        "endpoint_url": env_str("DAR_S3_ENDPOINT_URL") or None,
+        "region_name": env_str("DAR_S3_REGION") or None,
+        "access_key": env_str("DAR_S3_ACCESS_KEY") or None,
+        "secret_key": env_str("DAR_S3_SECRET_KEY") or None,
+        # "path" for MinIO and most self-hosted stores; "virtual" for AWS.
+        "addressing_style": env_choice("DAR_S3_ADDRESSING_STYLE", "path", ["path", "virtual"]),
+        "querystring_expire": DAR_MEDIA_URL_MAX_AGE,
     },
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-}
+)
+# Static files from WhiteNoise (compressed, cache headers), straight from the apps' folders when
+# collectstatic has not run (development, tests).
+WHITENOISE_USE_FINDERS = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Uploads: Django spools anything above this to disk instead of memory.

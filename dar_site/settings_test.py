@@ -19,5 +19,11 @@ from .settings import *  # noqa: E402,F403
 
 MEDIA_ROOT = RUN_DIR / "test-media" / _tag  # noqa: F405
 PRIVATE_MEDIA_ROOT = RUN_DIR / "test-media" / f"{_tag}-private"  # noqa: F405
-STORAGES["private"]["OPTIONS"]["location"] = str(PRIVATE_MEDIA_ROOT)  # noqa: F405
+STORAGES = storages_setting(  # noqa: F405
+    backend="local",
+    media_root=str(MEDIA_ROOT),
+    media_url=MEDIA_URL,  # noqa: F405
+    private_root=str(PRIVATE_MEDIA_ROOT),
+    s3={},
+)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,8 +1,9 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
-from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from dar_site.media import serve_signed
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -13,8 +14,7 @@ urlpatterns = [
     path("", include("retrieval.urls")),
 ]
 
-if settings.SERVE_MEDIA:
+if settings.DAR_MEDIA_STORAGE == "local":
+    # Signed URLs only (dar_site/media.py); with an object store, its presigned URLs instead.
     media_prefix = settings.MEDIA_URL.lstrip("/")
-    urlpatterns.append(
-        re_path(rf"^{media_prefix}(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT})
-    )
+    urlpatterns.append(re_path(rf"^{media_prefix}(?P<path>.+)$", serve_signed, name="media"))
