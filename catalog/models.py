@@ -9,8 +9,8 @@ from django.core.files.storage import Storage, storages
 from django.core.signals import setting_changed
 from django.db import models
 from django.dispatch import receiver
-from django.utils.functional import LazyObject, empty
 from django.utils.crypto import salted_hmac
+from django.utils.functional import LazyObject, empty
 from pgvector.django import HalfVectorField
 
 
