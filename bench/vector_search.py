@@ -106,6 +106,7 @@ def _create_catalog(cfg: Config) -> tuple[int, bool]:
 def bulk_load(cfg: Config, catalog_id: int, data: np.ndarray) -> float:
     """COPY items and their vectors into the catalog tables; returns seconds taken."""
     from django.db import connection, transaction
+    from pgvector import HalfVector
     from pgvector.psycopg import register_vector
 
     now = dt.datetime.now(dt.UTC)
@@ -140,14 +141,15 @@ def bulk_load(cfg: Config, catalog_id: int, data: np.ndarray) -> float:
             "SELECT id FROM catalog_catalogitem WHERE catalog_id = %s ORDER BY id", [catalog_id]
         )
         ids = [row[0] for row in cur.fetchall()]
-        # Binary COPY sends the float32 vectors as they are, no text round trip.
+        # Binary COPY sends the vectors as the column stores them (halfvec), no text round trip.
         with cur.copy(
             "COPY catalog_itemembedding (item_id, catalog_id, space, model_name, dim, vector,"
             " created_at) FROM STDIN WITH (FORMAT BINARY)"
         ) as copy:
-            copy.set_types(["int8", "int8", "text", "text", "int4", "vector", "timestamptz"])
+            copy.set_types(["int8", "int8", "text", "text", "int4", "halfvec", "timestamptz"])
             for item_id, vector in zip(ids, data, strict=True):
-                copy.write_row((item_id, catalog_id, SPACE, cfg.model_name, cfg.dim, vector, now))
+                row = (item_id, catalog_id, SPACE, cfg.model_name, cfg.dim, HalfVector(vector), now)
+                copy.write_row(row)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE catalog_catalogitem")
         cursor.execute("ANALYZE catalog_itemembedding")

@@ -74,7 +74,7 @@ _private = _PrivateStorage()
 @receiver(setting_changed)
 def _storages_changed(setting: str, **_: object) -> None:
     if setting == "STORAGES":
-        _private._wrapped = empty
+        _private._wrapped = empty  # type: ignore[assignment]  # LazyObject's reset
 
 
 def private_storage() -> Storage:

@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http.response import HttpResponseBase
 from django.utils._os import safe_join
 from django.utils.encoding import filepath_to_uri
 from django.views.decorators.http import require_GET
@@ -70,7 +71,7 @@ class SignedFileSystemStorage(FileSystemStorage):
 
 
 @require_GET
-def serve_signed(request: HttpRequest, path: str) -> HttpResponse:
+def serve_signed(request: HttpRequest, path: str) -> HttpResponseBase:
     """A media file for a URL ``SignedFileSystemStorage.url`` made, and nothing else."""
     name = filepath_to_uri(path)
     if not check(name, request.GET.get("e", ""), request.GET.get("s", "")):
@@ -94,7 +95,7 @@ def serve_signed(request: HttpRequest, path: str) -> HttpResponse:
         handle = open(full, "rb")  # noqa: SIM115  (FileResponse closes it)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise Http404("no such file") from None
-    response = FileResponse(handle)
+    streamed = FileResponse(handle)
     for key, value in headers.items():
-        response[key] = value
-    return response
+        streamed[key] = value
+    return streamed
