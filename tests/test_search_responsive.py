@@ -17,14 +17,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from django.contrib.auth.models import AnonymousUser
 from PIL import Image
 
-from catalog.models import CatalogItem
-from retrieval.models import Turn, TurnResult
-from retrieval.services import sessions
-from tests.browser import AXE_SCRIPT, CHROMIUM, axe_violations, chromium, live_server, off_loop
-from tests.factories import CatalogFactory, CatalogItemFactory, PreviewFactory, image_bytes
+from tests.browser import (
+    AXE_SCRIPT,
+    CHROMIUM,
+    N_RESULTS,
+    axe_violations,
+    chromium,
+    colour,
+    live_server,
+    open_stored_search,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -37,72 +41,8 @@ pytestmark = [
 ]
 
 VIEWPORTS = {"phone": (390, 844), "tablet": (768, 1024), "desktop": (1440, 900)}
-# Wide, tall and square product pictures: cards must still line up.
-SHAPES = [(120, 40), (40, 120), (64, 64), (200, 90)]
-N_RESULTS = 24
 # Where the screenshots are kept for people to look at (optional).
 SHOTS_ENV = "DAR_TEST_SCREENSHOTS"
-
-
-def _colour(n: int) -> tuple[int, int, int]:
-    # Saturated, well separated colours; none close to the page's greys.
-    hues = [
-        (230, 40, 40),
-        (40, 170, 60),
-        (40, 70, 230),
-        (240, 200, 30),
-        (160, 50, 200),
-        (250, 130, 20),
-    ]
-    base = hues[n % len(hues)]
-    shade = (n // len(hues)) * 9
-    return (max(base[0] - shade, 0), max(base[1] - shade, 0), max(base[2] - shade, 0))
-
-
-def _catalog() -> None:
-    catalog = CatalogFactory.create(name="Shapes and colours", slug="shapes")
-    for n in range(N_RESULTS):
-        CatalogItemFactory.create(
-            catalog=catalog,
-            title=f"Product number {n} with a rather long descriptive title",
-            color=_colour(n),
-            image_bytes=image_bytes(size=SHAPES[n % len(SHAPES)], color=_colour(n)),
-            status=CatalogItem.Status.EMBEDDED,
-        )
-
-
-def _stored_search(session_key: str, *, status: str = Turn.Status.DONE) -> str:
-    catalog = sessions.catalog_for("shapes", AnonymousUser())
-    items = list(catalog.items.order_by("pk"))
-    session = sessions.create_session(catalog, AnonymousUser(), session_key)
-    turn = Turn.objects.create(
-        session=session,
-        index=0,
-        message="a bright product",
-        context=["a bright product"],
-        status=status,
-        refined_query="a bright, colourful product photographed on white",
-        prompts=["a bright product photo", "a colourful product"],
-        question="Do you prefer a particular colour?" if status == Turn.Status.DONE else "",
-        timings={"text": 105.0, "refine": 2300.0, "total": 4100.0},
-    )
-    PreviewFactory.create_batch(2, turn=turn)
-    TurnResult.objects.bulk_create(
-        TurnResult(turn=turn, item=item, final=True, rank=rank + 1, score=0.9 - rank / 100)
-        for rank, item in enumerate(items)
-    )
-    return str(session.pk)
-
-
-def _open_stored_search(page: Any, server: Any, status: str = Turn.Status.DONE) -> str:
-    # The first visit gives the browser its session cookie; the stored search belongs to it.
-    off_loop(_catalog)
-    page.goto(f"{server.url}/search/shapes/")
-    key = next(c["value"] for c in page.context.cookies() if c["name"] == "sessionid")
-    session_id = off_loop(lambda: _stored_search(key, status=status))
-    page.goto(f"{server.url}/search/shapes/?session={session_id}")
-    page.wait_for_selector(f"#results .result-card >> nth={N_RESULTS - 1}", timeout=30_000)
-    return session_id
 
 
 def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
@@ -138,7 +78,7 @@ def test_search_page_layout_at_each_width(
         viewport={"width": width, "height": height}, has_touch=device != "desktop"
     )
     with live_server() as server:
-        _open_stored_search(page, server)
+        open_stored_search(page, server)
         # Nothing wider than the screen: no sideways scrolling.
         assert page.evaluate("document.documentElement.scrollWidth") <= width
 
@@ -202,7 +142,7 @@ def test_search_page_layout_at_each_width(
             })"""
         )
         for n, image_box in enumerate(image_boxes):
-            share = _colour_share(shot, image_box, _colour(n))
+            share = _colour_share(shot, image_box, colour(n))
             # A 3:1 picture shown whole covers a third of its square box.
             assert share > 0.25, f"{device}: result {n} is not visible ({share:.0%})"
 

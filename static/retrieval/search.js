@@ -312,7 +312,13 @@
     if (turn.final) finished.push("rank");
     finished.forEach((step) => setStep(step, "done", turn.index));
     const next = STEPS.find((step) => !finished.includes(step));
-    if (next) setStep(next, "active", turn.index);
+    if (next === "done") {
+      // Final results are out: what is left is the question (or the turn's last write).
+      els.progress.dataset.stage = "asking";
+      if (config.askQuestions) showAsking(turn.index);
+    } else if (next) {
+      setStep(next, "active", turn.index);
+    }
   }
 
   function addUserBubble(turn, message) {
