@@ -309,11 +309,19 @@ class CatalogItemAdmin(ShopScopedAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images come in through a catalog's "Upload images" (validated) view
 
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "title" and field is not None:
+            # Django renders list_editable inputs without a label; screen readers need a name.
+            field.widget.attrs["aria-label"] = "Title"
+        return field
+
     @admin.display(description="")
     def thumbnail(self, obj: CatalogItem) -> str:
         return format_html(
-            '<img src="{}" alt="" style="height:48px;width:48px;object-fit:contain">',
+            '<img src="{}" alt="{}" style="height:48px;width:48px;object-fit:contain">',
             obj.image.url,
+            str(obj),
         )
 
     @admin.display(description="Image")
