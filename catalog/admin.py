@@ -96,6 +96,7 @@ class CatalogAdmin(ShopScopedAdmin):
         "failed",
         "stale",
         "upload_link",
+        "search_link",
     ]
     list_filter = ["is_public", ("shop", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["name", "slug"]
@@ -163,13 +164,20 @@ class CatalogAdmin(ShopScopedAdmin):
         url = reverse("admin:catalog_catalog_upload", args=[obj.pk])
         return format_html('<a href="{}">Upload images</a>', url)
 
+    @admin.display(description="")
+    def search_link(self, obj: Catalog) -> str:
+        return format_html('<a href="{}">Search page</a>', reverse("search-page", args=[obj.slug]))
+
     @admin.display(description="Embedding progress")
     def embedding_progress(self, obj: Catalog) -> str:
         if not obj.pk:
             return "-"
         c = progress.counts(obj)
+        # static/admin/catalog/progress.js refreshes it from the REST progress endpoint.
         return format_html(
-            "{} items: {} pending, {} embedded, {} failed, {} stale (active encoder: {})",
+            '<span id="embedding-progress" data-url="{}" aria-live="polite">'
+            "{} items: {} pending, {} embedded, {} failed, {} stale (active encoder: {})</span>",
+            reverse("api-catalog-progress", args=[obj.slug]),
             c["total"],
             c["pending"],
             c["embedded"],
@@ -247,8 +255,19 @@ class CatalogAdmin(ShopScopedAdmin):
 
 @admin.register(CatalogItem)
 class CatalogItemAdmin(ShopScopedAdmin):
-    list_display = ["thumbnail", "__str__", "catalog", "status", "width", "height", "created_at"]
+    list_display = [
+        "thumbnail",
+        "__str__",
+        "title",
+        "catalog",
+        "status",
+        "width",
+        "height",
+        "created_at",
+    ]
     list_display_links = ["thumbnail", "__str__"]
+    # Titles in bulk: each changed row goes through save_model, which re-embeds its text.
+    list_editable = ["title"]
     list_filter = ["status", ("catalog", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["title", "source_name", "sha256"]
     list_select_related = ["catalog"]
@@ -290,11 +309,19 @@ class CatalogItemAdmin(ShopScopedAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images come in through a catalog's "Upload images" (validated) view
 
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "title" and field is not None:
+            # Django renders list_editable inputs without a label; screen readers need a name.
+            field.widget.attrs["aria-label"] = "Title"
+        return field
+
     @admin.display(description="")
     def thumbnail(self, obj: CatalogItem) -> str:
         return format_html(
-            '<img src="{}" alt="" style="height:48px;width:48px;object-fit:contain">',
+            '<img src="{}" alt="{}" style="height:48px;width:48px;object-fit:contain">',
             obj.image.url,
+            str(obj),
         )
 
     @admin.display(description="Image")

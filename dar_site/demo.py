@@ -96,6 +96,12 @@ def _wait_for_embeddings(catalog_slug: str, worker: subprocess.Popen[bytes], log
 
 
 def main() -> None:
+    from dar_site.local_env import ensure_local_env
+
+    env_file = Path(__file__).resolve().parent.parent / ".env"
+    added = ensure_local_env(env_file)
+    if added:
+        print(f"wrote {', '.join(added)} to {env_file} (for manage.py commands)", flush=True)
     _defaults()
     import django
 

@@ -145,13 +145,31 @@ def _stage_position(entry: tuple[str, Any]) -> tuple[int, str]:
 
 
 class ReadOnlyMixin:
-    """Nobody adds or edits these records through the admin; deleting needs the permission."""
+    """Nobody adds or edits these records through the admin; deleting needs the permission.
+
+    Viewing needs the model's view permission, or being a staff admin of a shop: every list is
+    scoped by ``retrieval.analytics.scope``, so a shop admin reads their own shops' sessions only
+    (the same membership that lets them manage their catalogs, with no extra grant).
+    """
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) or _shop_reviewer(request)  # type: ignore[misc]
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or _shop_reviewer(request)  # type: ignore[misc]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+def _shop_reviewer(request: HttpRequest) -> bool:
+    from catalog.services.access import administers_any
+
+    user = request.user
+    return bool(user.is_active and user.is_staff and administers_any(user))
 
 
 def _turn_details() -> tuple[Any, ...]:

@@ -10,15 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.authentication import SessionScheme
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from retrieval.api_schema import (
+    CSRF_HINT,
+    MESSAGE_EXAMPLE,
+    FeedbackOut,
+    SessionOut,
+    TurnOut,
+    errors,
+)
 from retrieval.models import SearchSession
 from retrieval.services import access, feedback, payloads, sessions, turns
 from retrieval.services.errors import SearchError
@@ -32,6 +39,15 @@ class ShopperSessionAuthentication(SessionAuthentication):
         if result is None:
             self.enforce_csrf(request)
         return result
+
+    def enforce_csrf(self, request: Request) -> None:
+        try:
+            super().enforce_csrf(request)
+        except exceptions.PermissionDenied as denied:
+            # Django's reason ("CSRF cookie not set.") alone does not say how to get one.
+            raise exceptions.PermissionDenied(
+                {"code": "csrf_failed", "message": f"{denied.detail} {CSRF_HINT}"}
+            ) from None
 
 
 class ShopperSessionScheme(SessionScheme):
@@ -75,7 +91,13 @@ class SearchAPIView(APIView):
 
 
 class SessionCreateView(SearchAPIView):
-    @extend_schema(request=SessionIn, responses={201: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="Start a search session in a catalog",
+        description="The session belongs to the signed-in user, else to the client's cookie "
+        "session. " + CSRF_HINT,
+        request=SessionIn,
+        responses={201: SessionOut, **errors(400, 403, 404)},
+    )
     def post(self, request: Request) -> Response:
         catalog = sessions.catalog_for(self.body(request).get("catalog"), request.user)
         if not request.user.is_authenticated and not request.session.session_key:
@@ -85,7 +107,10 @@ class SessionCreateView(SearchAPIView):
 
 
 class SessionDetailView(SearchAPIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="A session with all its turns and feedback",
+        responses={200: SessionOut, **errors(403, 404)},
+    )
     def get(self, request: Request, session_id: str) -> Response:
         session = self.owned_session(request, session_id)
         turns.sweep_stuck_turns(session_id=session.pk)
@@ -93,7 +118,15 @@ class SessionDetailView(SearchAPIView):
 
 
 class MessageView(SearchAPIView):
-    @extend_schema(request=MessageIn, responses={202: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="Send a message: starts the session's next turn",
+        description="Answers at once with the queued turn; poll the turn (or the session) until "
+        "its status is done or failed. One turn at a time is best: a message sent while a turn "
+        "runs is queued behind it.",
+        request=MessageIn,
+        examples=[MESSAGE_EXAMPLE],
+        responses={202: TurnOut, **errors(400, 403, 404, 409, 429)},
+    )
     def post(self, request: Request, session_id: str) -> Response:
         session = self.owned_session(request, session_id)
         turn = turns.submit_message(
@@ -103,7 +136,10 @@ class MessageView(SearchAPIView):
 
 
 class TurnView(SearchAPIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="One turn: its status, refined description, previews and results",
+        responses={200: TurnOut, **errors(403, 404)},
+    )
     def get(self, request: Request, session_id: str, index: int) -> Response:
         session = self.owned_session(request, session_id)
         turns.sweep_stuck_turns(session_id=session.pk)
@@ -114,7 +150,11 @@ class TurnView(SearchAPIView):
 
 
 class FeedbackView(SearchAPIView):
-    @extend_schema(request=FeedbackIn, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="Like or dislike a result (steers the next turn)",
+        request=FeedbackIn,
+        responses={200: FeedbackOut, **errors(400, 403, 404)},
+    )
     def post(self, request: Request, session_id: str) -> Response:
         session = self.owned_session(request, session_id)
         body = self.body(request)

@@ -45,6 +45,8 @@ def search_page(request: HttpRequest, slug: str) -> HttpResponse:
         "maxChars": settings.DAR_MAX_MESSAGE_CHARS,
         "previewsPerTurn": settings.DAR_PREVIEWS_PER_TURN,
         "askQuestions": settings.DAR_ASK_QUESTIONS,
+        # Stage timings are for the people who run the instance, not for shoppers.
+        "showTimings": bool(request.user.is_staff),
     }
     return render(
         request,

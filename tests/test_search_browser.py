@@ -7,9 +7,6 @@ test database; the ``celery_worker`` fixture runs the turns with the offline mod
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +17,9 @@ from PIL import Image
 
 from catalog.services.embedding import embed_items
 from retrieval.models import Feedback, SearchSession
+from tests.browser import CHROMIUM, LiveServer, chromium, free_port, off_loop
 from tests.factories import CatalogFactory, CatalogItemFactory, limit_llm_tokens
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
@@ -38,44 +35,6 @@ PALETTE = {
     "purple tile": (150, 60, 190),
     "orange tile": (245, 140, 30),
 }
-
-
-class LiveServer:
-    """uvicorn serving the full ASGI app (HTTP, static, media and websockets) on loopback."""
-
-    def __init__(self, port: int) -> None:
-        import uvicorn
-
-        from dar_site.asgi import application
-
-        config = uvicorn.Config(
-            application,
-            host="127.0.0.1",
-            port=port,
-            ws="websockets-sansio",
-            lifespan="off",
-            log_level="warning",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the ASGI server did not start"
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -94,39 +53,8 @@ def catalog(celery_worker: Any, monkeypatch: Any, settings: Any) -> Any:
 
 @pytest.fixture
 def browser_page() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        yield page
-        browser.close()
-
-
-def _off_loop(query: Any) -> Any:
-    """Run an ORM query in another thread: Playwright's sync API keeps an event loop in this one,
-    and Django refuses database access from a thread with a running loop."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from django.db import connection
-
-    def run() -> Any:
-        try:
-            return query()
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(run).result()
+    with chromium() as browser:
+        yield browser.new_page(viewport={"width": 1400, "height": 1000})
 
 
 def _colour_pixels(region: Image.Image, colour: tuple[int, int, int], tolerance: int = 8) -> int:
@@ -139,7 +67,7 @@ def test_search_page_streams_a_turn_and_survives_a_server_restart(
     catalog: Any, browser_page: Any, tmp_path: Path
 ) -> None:
     page = browser_page
-    port = _free_port()
+    port = free_port()
     server = LiveServer(port).start()
     try:
         page.goto(f"http://127.0.0.1:{port}/search/{catalog.slug}/")
@@ -189,7 +117,7 @@ def test_search_page_streams_a_turn_and_survives_a_server_restart(
             " .feedback-button[data-value='1'][aria-pressed='true']"
         )
         session_id = page.evaluate("new URLSearchParams(location.search).get('session')")
-        liked = _off_loop(
+        liked = off_loop(
             lambda: Feedback.objects.get(session=SearchSession.objects.get(pk=session_id))
         )
         assert (liked.item_id, liked.value) == (int(first.get_attribute("data-item-id")), 1)

@@ -17,6 +17,7 @@
     send: $("send"),
     count: $("char-count"),
     formError: $("composer-error"),
+    status: $("composer-status"),
     progress: $("progress"),
     refined: $("refined"),
     fallback: $("refined-fallback"),
@@ -24,7 +25,7 @@
     previews: $("previews"),
     results: $("results"),
     resultsKind: $("results-kind"),
-    timings: $("timings"),
+    timings: $("timings"), // only on staff users' pages
     connection: $("connection"),
     newSearch: $("new-search"),
   };
@@ -37,6 +38,10 @@
   let outbox = []; // frames typed while the socket was down; sent on open
   let currentTurn = -1;
   let feedback = {}; // item id -> 1 | -1
+  // One turn at a time: while a turn runs the composer keeps what is typed but Send waits, so a
+  // second message cannot overtake the first one's question.
+  let busy = false;
+  let queued = null; // the last turn.queued event of the current turn (overload), if any
 
   // --- small DOM helpers ---------------------------------------------------------------------
 
@@ -163,17 +168,33 @@
         addUserBubble(event.turn, event.message);
         startTurn(event.turn);
         setStep("text", "active", event.turn);
+        setBusy(true);
+        break;
+      case "turn.queued":
+        // Sent under overload: where this turn waits and for about how long.
+        if (!isCurrent(event.turn)) break;
+        startTurn(event.turn);
+        queued = event;
+        setBusy(true);
         break;
       case "turn.started":
         startTurn(event.turn);
+        queued = null;
         setStep("text", "active", event.turn);
+        setBusy(true);
         break;
       case "results":
         if (!isCurrent(event.turn)) break;
         renderResults(event.items, event.final, event.turn);
+        queued = null;
         if (event.final) {
           setStep("rank", "done", event.turn);
-          if (config.askQuestions) setStep("done", "active", event.turn);
+          // The question is part of the turn: the chat shows it being written, and "Done" waits
+          // for it (turn.done) rather than spinning.
+          if (config.askQuestions) {
+            els.progress.dataset.stage = "asking";
+            showAsking(event.turn);
+          }
         } else {
           setStep("text", "done", event.turn);
           setStep("refine", "active", event.turn);
@@ -192,12 +213,15 @@
         setStep("rank", "active", event.turn);
         break;
       case "question":
+        hideAsking();
         addBubble("assistant question", event.question, event.turn);
         break;
       case "turn.done":
         if (!isCurrent(event.turn)) break;
-        setStep("done", "done", event.turn);
+        hideAsking();
+        STEPS.forEach((step) => setStep(step, "done", event.turn));
         renderTimings(event.timings);
+        setBusy(false);
         break;
       case "feedback":
         if (event.value) feedback[event.item] = event.value;
@@ -227,14 +251,18 @@
   function handleError(event) {
     const text = event.message || "Something went wrong.";
     if (event.turn === null || event.turn === undefined) {
+      // The message was refused (too long, too fast...): no turn runs, the text is still there.
       showFormError(text);
+      setBusy(false);
       return;
     }
     addBubble("system error", text, event.turn);
-    if (event.turn === currentTurn) {
+    if (event.turn >= currentTurn) {
+      hideAsking();
       const active = els.progress.querySelector("[data-state='active']");
       if (active) active.dataset.state = "failed";
       els.progress.dataset.stage = "failed";
+      setBusy(false);
     }
   }
 
@@ -245,6 +273,7 @@
     Object.keys(session.feedback || {}).forEach((id) => (feedback[id] = session.feedback[id]));
     els.log.querySelectorAll(".bubble:not(.intro)").forEach((node) => node.remove());
     currentTurn = -1;
+    setBusy(false);
     resetProgress();
     clearUnderstanding();
     const turns = session.turns || [];
@@ -263,6 +292,7 @@
     if (shown.results.length) renderResults(shown.results, shown.final, shown.index);
     restoreProgress(last);
     if (last.timings && last.status === "done") renderTimings(last.timings);
+    setBusy(last.status === "queued" || last.status === "running");
   }
 
   function restoreProgress(turn) {
@@ -282,7 +312,13 @@
     if (turn.final) finished.push("rank");
     finished.forEach((step) => setStep(step, "done", turn.index));
     const next = STEPS.find((step) => !finished.includes(step));
-    if (next) setStep(next, "active", turn.index);
+    if (next === "done") {
+      // Final results are out: what is left is the question (or the turn's last write).
+      els.progress.dataset.stage = "asking";
+      if (config.askQuestions) showAsking(turn.index);
+    } else if (next) {
+      setStep(next, "active", turn.index);
+    }
   }
 
   function addUserBubble(turn, message) {
@@ -301,7 +337,19 @@
   function resetProgress() {
     els.progress.dataset.stage = "idle";
     els.progress.querySelectorAll("li").forEach((li) => delete li.dataset.state);
-    els.timings.textContent = "";
+    if (els.timings) els.timings.textContent = "";
+    hideAsking();
+  }
+
+  function showAsking(turn) {
+    if ($("asking")) return;
+    const node = addBubble("assistant typing", "Thinking of a question…", turn);
+    node.id = "asking";
+  }
+
+  function hideAsking() {
+    const node = $("asking");
+    if (node) node.remove();
   }
 
   function setStep(step, state, turn) {
@@ -313,7 +361,7 @@
     li.dataset.state = state;
     // The last step is active while the LLM thinks of a question: the stage says "asking" then,
     // and "done" only once the turn is really over.
-    if (state === "active") els.progress.dataset.stage = step === "done" ? "asking" : step;
+    if (state === "active") els.progress.dataset.stage = step;
     if (step === "done" && state === "done") els.progress.dataset.stage = "done";
   }
 
@@ -381,12 +429,21 @@
     figure.appendChild(img);
     figure.appendChild(el("span", "rank", "#" + item.rank));
     const body = el("div", "result-body");
-    body.appendChild(el("h3", "result-title", item.title));
+    const title = el("h3", "result-title", item.title);
+    title.title = item.title;
+    body.appendChild(title);
+    body.appendChild(el("span", "score small muted", "score " + Number(item.score).toFixed(3)));
     const meta = el("div", "result-meta");
-    meta.appendChild(el("span", "score small muted", "score " + Number(item.score).toFixed(3)));
+    // The product page when the shop gave one, else the item's picture.
+    const open = el("a", "result-open", "Open");
+    open.href = item.url || item.image;
+    open.target = "_blank";
+    open.rel = "noopener";
+    open.setAttribute("aria-label", "Open " + item.title);
+    meta.appendChild(open);
     const actions = el("div", "feedback");
-    actions.appendChild(feedbackButton(item.id, 1, "♥", "Like: more like this"));
-    actions.appendChild(feedbackButton(item.id, -1, "✕", "Dislike: less like this"));
+    actions.appendChild(feedbackButton(item.id, 1, "♥", "Like " + item.title + ": more like this"));
+    actions.appendChild(feedbackButton(item.id, -1, "✕", "Dislike " + item.title + ": less like this"));
     meta.appendChild(actions);
     body.appendChild(meta);
     card.appendChild(figure);
@@ -398,6 +455,7 @@
     const button = el("button", "feedback-button", label);
     button.type = "button";
     button.title = title;
+    button.setAttribute("aria-label", title);
     button.dataset.value = value;
     button.setAttribute("aria-pressed", feedback[itemId] === value ? "true" : "false");
     button.addEventListener("click", () => {
@@ -418,7 +476,7 @@
   }
 
   function renderTimings(timings) {
-    if (!timings) return;
+    if (!timings || !els.timings) return;
     const parts = ["text", "refine", "generate", "rank", "ask"]
       .filter((k) => timings[k] !== undefined)
       .map((k) => k + " " + formatMs(timings[k]));
@@ -440,11 +498,15 @@
       return;
     }
     if (text.length > config.maxChars) {
-      showFormError("That message is too long (at most " + config.maxChars + " characters).");
+      showFormError(tooLongMessage(text.length));
+      return;
+    }
+    if (busy) {
+      updateComposer();
       return;
     }
     showFormError("");
-    els.send.disabled = true;
+    setBusy(true);
     try {
       if (!sessionId) {
         rememberSession(await createSession());
@@ -455,14 +517,52 @@
       updateCount();
     } catch (err) {
       showFormError(err.message);
+      setBusy(false);
     } finally {
-      els.send.disabled = false;
       els.input.focus();
     }
   }
 
+  function tooLongMessage(length) {
+    return (
+      "Your message has " + length + " characters; at most " + config.maxChars +
+      " are sent. Shorten it before sending (nothing has been cut)."
+    );
+  }
+
+  function setBusy(value) {
+    busy = value;
+    if (!value) queued = null;
+    updateComposer();
+  }
+
+  function updateComposer() {
+    const length = els.input.value.length;
+    const over = length > config.maxChars;
+    els.form.dataset.busy = busy ? "true" : "false";
+    els.send.disabled = busy || over;
+    els.send.textContent = busy ? "Searching…" : "Send";
+    let status = "";
+    if (busy && queued) {
+      status = "Waiting in line (position " + queued.position + ", about " +
+        Math.max(1, Math.round(queued.expected_wait_s || 0)) + " s). ";
+    } else if (busy) {
+      status = "Searching… ";
+    }
+    if (busy) status += "You can type your next message and send it once this turn is done.";
+    els.status.textContent = status;
+    els.status.hidden = !status;
+    if (over) showFormError(tooLongMessage(length));
+    else if (els.formError.textContent.indexOf("characters; at most") !== -1) showFormError("");
+  }
+
   function updateCount() {
-    els.count.textContent = els.input.value.length + " / " + config.maxChars;
+    const length = els.input.value.length;
+    els.count.textContent = length + " / " + config.maxChars;
+    // Warn from 90 % on, before anything would be refused.
+    els.count.dataset.state =
+      length > config.maxChars ? "over" : length >= config.maxChars * 0.9 ? "near" : "ok";
+    updateComposer();
   }
 
   function newSearch() {
@@ -477,6 +577,7 @@
     els.log.querySelectorAll(".bubble:not(.intro)").forEach((node) => node.remove());
     resetProgress();
     clearUnderstanding();
+    setBusy(false);
     setConnection("idle", "not connected");
     els.input.focus();
   }

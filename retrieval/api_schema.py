@@ -1,0 +1,113 @@
+"""OpenAPI shapes of the search endpoints' answers (drf-spectacular reads these serializers).
+
+The views answer with the dicts of ``retrieval.services.payloads``; these serializers only
+document them, field for field, so the schema says what a client really receives.
+``tests/test_search_api_schema.py`` checks real answers against them.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, inline_serializer
+from rest_framework import serializers
+
+
+class ErrorOut(serializers.Serializer):
+    code = serializers.CharField(
+        help_text="Machine-readable: invalid, empty_message, message_too_long, bad_feedback, "
+        "forbidden, not_found, too_many_turns, rate_limited, ..."
+    )
+    message = serializers.CharField(help_text="What went wrong, for people.")
+
+
+class CatalogRefOut(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+
+
+class ItemOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    title = serializers.CharField()
+    image = serializers.CharField(help_text="URL of the item's image.")
+    score = serializers.FloatField(help_text="Fused similarity; higher is better.")
+    rank = serializers.IntegerField(help_text="1 is the best match.")
+
+
+class PreviewOut(serializers.Serializer):
+    url = serializers.CharField(help_text="URL of the generated preview image.")
+    prompt = serializers.CharField()
+    seed = serializers.IntegerField()
+
+
+class TurnErrorOut(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class TurnOut(serializers.Serializer):
+    index = serializers.IntegerField(help_text="0 for the session's first message.")
+    message = serializers.CharField()
+    context = serializers.ListField(
+        child=serializers.CharField(), help_text="The dialogue this turn searched with."
+    )
+    status = serializers.ChoiceField(choices=["queued", "running", "done", "failed"])
+    refined_query = serializers.CharField(help_text="The refined description ('' until refined).")
+    prompts = serializers.ListField(child=serializers.CharField())
+    fallback = serializers.BooleanField(
+        help_text="True when the language model's answer was unusable and the shopper's own "
+        "words were used."
+    )
+    previews = PreviewOut(many=True)
+    results = ItemOut(many=True, help_text="Final results once ready, else the first results.")
+    final = serializers.BooleanField(help_text="Whether ``results`` are the final ranking.")
+    question = serializers.CharField(help_text="A clarifying question ('' when none).")
+    weights = serializers.DictField(child=serializers.FloatField())
+    timings = serializers.DictField(
+        child=serializers.FloatField(), help_text="Stage durations in milliseconds."
+    )
+    error = TurnErrorOut(allow_null=True)
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class SessionOut(serializers.Serializer):
+    id = serializers.UUIDField()
+    catalog = CatalogRefOut()
+    created_at = serializers.DateTimeField()
+    turns = TurnOut(many=True)
+    feedback = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Item id -> 1 (liked) or -1 (disliked)."
+    )
+
+
+class FeedbackOut(serializers.Serializer):
+    item = serializers.IntegerField()
+    value = serializers.IntegerField(help_text="1, -1, or 0 (taken back).")
+
+
+CSRF_HINT = (
+    "Anonymous clients (cookie sessions) send the CSRF token: GET /api/csrf/ once, keep its "
+    "cookies, and send its csrfToken in the X-CSRFToken header. HTTP Basic clients need no token."
+)
+
+
+def errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    """The error answers of an endpoint, all in ``ErrorOut``'s shape."""
+    described = {
+        400: "Bad input (the message says what).",
+        403: "No access (or, for cookie clients, a missing CSRF token: " + CSRF_HINT + ")",
+        404: "No such catalog or session, or not yours.",
+        409: "The session has reached its turn limit.",
+        429: "Too many messages; wait and retry.",
+    }
+    return {s: OpenApiResponse(ErrorOut, description=described[s]) for s in statuses}
+
+
+CsrfOut = inline_serializer(
+    "CsrfOut",
+    {
+        "csrfToken": serializers.CharField(),
+        "header": serializers.CharField(help_text="The header to send it in."),
+    },
+)
+
+MESSAGE_EXAMPLE = OpenApiExample("A first message", value={"text": "a red summer dress"})
