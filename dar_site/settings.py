@@ -228,6 +228,10 @@ DAR_MAX_IMAGE_PIXELS = env_int("DAR_MAX_IMAGE_PIXELS", 40_000_000, min=1)
 DAR_MAX_ZIP_ENTRIES = env_int("DAR_MAX_ZIP_ENTRIES", 20_000, min=1)
 DAR_MAX_ZIP_BYTES = env_int("DAR_MAX_ZIP_BYTES", 2 * 1024**3, min=1024)
 DAR_EMBED_BATCH = env_int("DAR_EMBED_BATCH", 32, min=1, max=4096)
+# Re-embed requests a shop may make per window (catalog/services/reembed.py); one catalog never
+# has two in flight whatever these say.
+DAR_REEMBED_PER_SHOP = env_int("DAR_REEMBED_PER_SHOP", 10, min=1)
+DAR_REEMBED_WINDOW = env_int("DAR_REEMBED_WINDOW", 3600, min=1)
 
 # --- Product: search ------------------------------------------------------------------------
 DAR_RESULTS_K = env_int("DAR_RESULTS_K", 24, min=1, max=500)
