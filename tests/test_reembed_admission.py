@@ -1,4 +1,4 @@
-"""Re-embed requests: one in flight per catalog, a limit per shop (one shop cannot flood the queue)."""
+"""Re-embed requests: one in flight per catalog, a limit per shop (no flooding the gpu queue)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
-from retrieval.models import SearchSession
 from tests.factories import CatalogFactory, SearchSessionFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
