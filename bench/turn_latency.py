@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> None:
         instrumented(meter, spans),
     ):
         for i in range(args.warmup + args.turns):
-            session = SearchSession.objects.create(catalog=catalog, session_key=f"bench{i}")
+            session = SearchSession.objects.create(catalog=catalog)
             with EventTap(events.group_name(session.pk)) as tap:
                 for text in dialogue(i)[: 3 if i >= args.warmup else 1]:
                     row = one_turn(session, text, meter, tap, args.timeout)

@@ -26,7 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .models import Catalog, CatalogItem, Shop
-from .services import access, embedding, ingest, metadata, progress
+from .services import access, embedding, ingest, metadata, progress, reembed
 
 # --- Serializers ------------------------------------------------------------------------------
 
@@ -175,7 +175,17 @@ class CatalogViewSet(viewsets.ModelViewSet):
         catalog = self.get_object()
         params = ReembedSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        queued = embedding.request_reembed(catalog, params.validated_data["mode"])
+        try:
+            queued = reembed.request_reembed(catalog, params.validated_data["mode"])
+        except reembed.ReembedRefused as refused:
+            return Response(
+                {
+                    "code": refused.code,
+                    "detail": refused.message,
+                    "progress": progress.counts(catalog),
+                },
+                status=refused.http_status,
+            )
         return Response(
             {"queued": queued, "progress": progress.counts(catalog)},
             status=status.HTTP_202_ACCEPTED,

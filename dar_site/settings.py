@@ -257,6 +257,10 @@ DAR_EMBED_BATCH = env_int("DAR_EMBED_BATCH", 32, min=1, max=4096)
 DAR_WEB_IMAGE_SIZE = env_int("DAR_WEB_IMAGE_SIZE", 1024, min=64, max=8192)
 DAR_INGEST_PROCESSES = env_int("DAR_INGEST_PROCESSES", 0, min=0, max=256)
 DAR_MAX_UPLOAD_PIXELS = env_int("DAR_MAX_UPLOAD_PIXELS", 400_000_000, min=1)
+# Re-embed requests a shop may make per window (catalog/services/reembed.py); one catalog never
+# has two in flight whatever these say.
+DAR_REEMBED_PER_SHOP = env_int("DAR_REEMBED_PER_SHOP", 10, min=1)
+DAR_REEMBED_WINDOW = env_int("DAR_REEMBED_WINDOW", 3600, min=1)
 
 # --- Product: search ------------------------------------------------------------------------
 DAR_RESULTS_K = env_int("DAR_RESULTS_K", 24, min=1, max=500)

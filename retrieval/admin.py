@@ -16,6 +16,7 @@ from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch, QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
@@ -144,6 +145,11 @@ def _stage_position(entry: tuple[str, Any]) -> tuple[int, str]:
 # --- shared behaviour ------------------------------------------------------------------------
 
 
+# Fields that hold (a hash of) a credential: the admin's URL lookups must never filter on them, or
+# an analyst could recover them one character at a time (``?session_key_hash__regex=^ab``).
+CREDENTIAL_FIELDS = frozenset({"session_key", "session_key_hash", "password"})
+
+
 class ReadOnlyMixin:
     """Nobody adds or edits these records through the admin; deleting needs the permission.
 
@@ -157,6 +163,11 @@ class ReadOnlyMixin:
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return super().has_module_permission(request) or _shop_reviewer(request)  # type: ignore[misc]
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        if CREDENTIAL_FIELDS.intersection(lookup.split(LOOKUP_SEP)):
+            return False
+        return super().lookup_allowed(lookup, value, request)  # type: ignore[misc]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

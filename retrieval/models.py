@@ -16,8 +16,9 @@ class SearchSession(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
-    # Anonymous shoppers are identified by their Django session key.
-    session_key = models.CharField(max_length=64, blank=True, db_index=True)
+    # Anonymous shoppers are identified by their Django session key, which is a credential (the
+    # browser's cookie): only its keyed hash is stored (retrieval/services/owner_keys.py).
+    session_key_hash = models.CharField(max_length=64, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -78,7 +78,17 @@ class SearchSessionFactory(factory.django.DjangoModelFactory[SearchSession]):
         model = SearchSession
 
     catalog = factory.SubFactory(CatalogFactory)
+    # Tests give the browser's raw key; the model stores only its keyed hash.
     session_key = factory.Sequence(lambda n: f"key{n}")
+
+    @classmethod
+    def _adjust_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        from retrieval.services.owner_keys import hash_session_key
+
+        key = kwargs.pop("session_key", "")
+        if "session_key_hash" not in kwargs:
+            kwargs["session_key_hash"] = hash_session_key(key) if key else ""
+        return kwargs
 
 
 class TurnFactory(factory.django.DjangoModelFactory[Turn]):

@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from catalog.models import Catalog, CatalogItem
 from catalog.services import embedding, vectors
+from retrieval.services import ratelimit
 from tests.factories import CatalogFactory, CatalogItemFactory, ShopFactory, image_bytes, shop_admin
 
 pytestmark = pytest.mark.django_db
@@ -218,6 +219,11 @@ def test_progress_and_reembed(
     assert response.json()["queued"] == 1 and sent == [[old.pk]]
     assert response.json()["progress"]["pending"] == 2
     sent.clear()
+    # While that re-embed's items are pending, a second request is refused (tests/test_reembed_
+    # admission.py has the rules); once its jobs would have been redelivered, "pending" resends.
+    response = owner.post("/api/catalogs/owned/reembed/", {"mode": "pending"}, format="json")
+    assert response.status_code == 409 and not sent
+    ratelimit.client().delete(f"{settings.REDIS_PREFIX}:reembed:queued:{catalog.pk}")
     with django_capture_on_commit_callbacks(execute=True):
         response = owner.post("/api/catalogs/owned/reembed/", {"mode": "pending"}, format="json")
     assert response.json()["queued"] == 2 and len(sent[0]) == 2

@@ -13,6 +13,7 @@ from catalog.models import Catalog
 from retrieval.models import SearchSession
 
 from .errors import SearchError
+from .owner_keys import matches
 
 
 def can_search(user: Any, catalog: Catalog) -> bool:
@@ -27,7 +28,7 @@ def can_search(user: Any, catalog: Catalog) -> bool:
 def owns(session: SearchSession, user: Any, session_key: str | None) -> bool:
     if session.user_id is not None:
         return bool(user is not None and user.is_authenticated and user.pk == session.user_id)
-    return bool(session_key) and session.session_key == session_key
+    return matches(session.session_key_hash, session_key)
 
 
 def session_for(session_id: object, user: Any, session_key: str | None) -> SearchSession:

@@ -15,7 +15,7 @@ from .errors import SearchError
 
 
 @functools.cache
-def _client() -> redis.Redis:
+def client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
@@ -23,10 +23,11 @@ def _key(scope: str, ident: str) -> str:
     return f"{settings.REDIS_PREFIX}:ratelimit:turns:{scope}:{ident}"
 
 
-def _hit(key: str, window: int) -> int:
+def hit(key: str, window: int) -> int:
+    """Count one hit on ``key`` in a fixed window of ``window`` seconds; returns the count."""
     # SET NX EX + INCR in one MULTI: the window starts at the first hit and the counter can never
     # be left without an expiry (the embedded Redis 6 has no EXPIRE NX).
-    pipe = _client().pipeline(transaction=True)
+    pipe = client().pipeline(transaction=True)
     pipe.set(key, 0, ex=window, nx=True)
     pipe.incr(key)
     return int(pipe.execute()[1])
@@ -39,7 +40,7 @@ def check_turn_allowed(session_id: object, address: str | None) -> None:
     if address:
         counters.append((_key("address", address), settings.DAR_RATE_LIMIT_ADDRESS_TURNS))
     for key, limit in counters:
-        if _hit(key, window) > limit:
+        if hit(key, window) > limit:
             raise SearchError(
                 "rate_limited",
                 f"Too many messages: at most {limit} every {window} seconds. "

@@ -11,6 +11,7 @@ from retrieval.models import SearchSession
 
 from .access import can_search
 from .errors import SearchError
+from .owner_keys import hash_session_key
 
 
 def searchable_catalogs(user: Any) -> QuerySet[Catalog]:
@@ -45,5 +46,5 @@ def create_session(catalog: Catalog, user: Any, session_key: str | None) -> Sear
     return SearchSession.objects.create(
         catalog=catalog,
         user=user if signed_in else None,
-        session_key="" if signed_in else (session_key or ""),
+        session_key_hash="" if signed_in or not session_key else hash_session_key(session_key),
     )
