@@ -46,7 +46,7 @@ class TurnErrorOut(serializers.Serializer):
 class TurnOut(serializers.Serializer):
     index = serializers.IntegerField(help_text="0 for the session's first message.")
     message = serializers.CharField()
-    context = serializers.ListField(
+    context = serializers.ListField(  # type: ignore[assignment]
         child=serializers.CharField(), help_text="The dialogue this turn searched with."
     )
     status = serializers.ChoiceField(choices=["queued", "running", "done", "failed"])

@@ -96,7 +96,7 @@ def test_pool_renders_large_photos_at_web_size_and_keeps_the_original() -> None:
     with item.image.open("rb") as handle, Image.open(handle) as served:
         assert served.size == (600, 450) and served.format == "JPEG"
         assert not served.info.get("exif")
-    with item.original.open("rb") as handle:
+    with item.original.open("rb") as handle:  # type: ignore[assignment]
         assert handle.read() == data
 
 

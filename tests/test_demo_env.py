@@ -43,7 +43,9 @@ def test_settings_load_with_only_what_the_demo_wrote(tmp_path: Path) -> None:
     path = tmp_path / ".env"
     ensure_local_env(path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
-    env.update(dotenv_values(path))  # what settings.py's load_dotenv does with the repo's .env
+    env.update(
+        {k: v for k, v in dotenv_values(path).items() if v is not None}
+    )  # what settings.py's load_dotenv does with the repo's .env
     code = "import django; from django.conf import settings; django.setup(); print(settings.DEBUG)"
     done = subprocess.run(
         [sys.executable, "-c", code],

@@ -44,7 +44,7 @@ def test_media_is_served_only_through_signed_urls() -> None:
     response = client.get(url)
     assert response.status_code == 200
     with item.image.open("rb") as handle:
-        assert b"".join(response.streaming_content) == handle.read()
+        assert b"".join(response.streaming_content) == handle.read()  # type: ignore[attr-defined]
     assert response["X-Content-Type-Options"] == "nosniff"
 
     path = url.split("?")[0]

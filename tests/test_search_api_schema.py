@@ -3,6 +3,7 @@ the search endpoints, and a fresh cookie client's first POST (CSRF) as the READM
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -89,7 +90,7 @@ def test_the_documented_shapes_are_the_answers(schema: dict[str, Any]) -> None:
 def _turn_pk(session_id: str) -> int:
     from retrieval.models import Turn
 
-    return int(Turn.objects.get(session_id=session_id, index=0).pk)
+    return int(Turn.objects.get(session_id=uuid.UUID(str(session_id)), index=0).pk)
 
 
 def test_a_fresh_clients_first_post_says_how_to_get_a_csrf_token() -> None:

@@ -86,7 +86,7 @@ def test_search_page_layout_at_each_width(
         assert cards.count() == N_RESULTS
         boxes = [cards.nth(i).bounding_box() for i in range(N_RESULTS)]
         assert all(b is not None for b in boxes)
-        heights = {round(b["height"]) for b in boxes}  # type: ignore[index]
+        heights = {round(b["height"]) for b in boxes}
         assert max(heights) - min(heights) <= 1, f"card heights differ: {sorted(heights)}"
 
         # Each result can be brought on screen and nothing covers it there (the chat included).

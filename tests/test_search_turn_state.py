@@ -7,6 +7,7 @@ The page restores a stored session; live events are sent the way the workers sen
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -44,7 +45,10 @@ def test_a_running_turn_holds_the_composer_until_it_is_done(page: Any) -> None:
         # Typing goes on; sending waits.
         page.fill("#message", "in green please")
         page.press("#message", "Enter")
-        assert off_loop(lambda: Turn.objects.filter(session_id=session_id).count()) == 1
+        assert (
+            off_loop(lambda: Turn.objects.filter(session_id=uuid.UUID(str(session_id))).count())
+            == 1
+        )
 
         # Overload: the page says where the turn waits.
         _emit(session_id, {"type": "turn.queued", "turn": 0, "position": 3, "expected_wait_s": 12})
@@ -90,7 +94,10 @@ def test_a_long_paste_is_kept_and_warned_about_not_cut(page: Any) -> None:
         assert error.is_visible()
         assert "5000 characters" in error.inner_text() and f"at most {limit}" in error.inner_text()
         page.press("#message", "Enter")
-        assert off_loop(lambda: Turn.objects.filter(session_id=session_id).count()) == 1
+        assert (
+            off_loop(lambda: Turn.objects.filter(session_id=uuid.UUID(str(session_id))).count())
+            == 1
+        )
 
         # Shortened: the warning goes, Send comes back.
         page.fill("#message", "y" * 20)
@@ -128,7 +135,9 @@ def test_the_page_works_from_the_keyboard_alone(page: Any) -> None:
         )
         liked = off_loop(
             lambda: list(
-                Feedback.objects.filter(session_id=session_id).values_list("item_id", "value")
+                Feedback.objects.filter(session_id=uuid.UUID(str(session_id))).values_list(
+                    "item_id", "value"
+                )
             )
         )
         assert liked == [(int(focused[2]), 1)]

@@ -22,6 +22,12 @@ from tests.factories import (
 pytestmark = pytest.mark.django_db
 
 
+def _context(response: Any) -> dict[str, Any]:
+    """The admin TemplateResponse's context (typed as optional by the stubs)."""
+    assert response.context_data is not None
+    return dict(response.context_data)
+
+
 def _client(user: Any) -> Client:
     client = Client()
     client.force_login(user)
@@ -44,7 +50,7 @@ def test_a_shop_admin_reviews_their_own_shops_sessions_only() -> None:
 
     sessions = client.get(reverse("admin:retrieval_searchsession_changelist"))
     assert sessions.status_code == 200
-    assert {s.pk for s in sessions.context_data["cl"].result_list} == {own.session_id}
+    assert {s.pk for s in _context(sessions)["cl"].result_list} == {own.session_id}
     assert (
         client.get(
             reverse("admin:retrieval_searchsession_change", args=[own.session_id])
@@ -58,7 +64,7 @@ def test_a_shop_admin_reviews_their_own_shops_sessions_only() -> None:
         == 302
     )  # "does not exist"
     turns = client.get(reverse("admin:retrieval_turn_changelist"))
-    assert [t.pk for t in turns.context_data["cl"].result_list] == [own.pk]
+    assert [t.pk for t in _context(turns)["cl"].result_list] == [own.pk]
     dashboard = client.get(reverse("admin:retrieval_searchsession_dashboard"))
     assert dashboard.status_code == 200
     assert (
@@ -105,7 +111,7 @@ def test_titles_are_edited_in_bulk_from_the_item_list() -> None:
     items = CatalogItemFactory.create_batch(2, catalog=catalog)
     client = _client(shop_admin(catalog.shop))
     url = reverse("admin:catalog_catalogitem_changelist")
-    ordered = client.get(url).context_data["cl"].result_list
+    ordered = _context(client.get(url))["cl"].result_list
     data = {
         "form-TOTAL_FORMS": str(len(ordered)),
         "form-INITIAL_FORMS": str(len(ordered)),

@@ -64,5 +64,5 @@ def request_reembed(catalog: Catalog, mode: str) -> int:
         queued = embedding.request_reembed(catalog, mode)
         if queued:
             ttl = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
-            redis.set(_key("queued", catalog.pk), 1, ex=ttl)
+            redis.set(_key("queued", catalog.pk), 1, ex=int(str(ttl)))
         return queued
