@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).resolve().parent.parent / "tools" / "browser" / "node_modules" / "axe-core"
 AXE_SCRIPT = AXE / "axe.min.js"
@@ -210,3 +212,15 @@ def open_stored_search(
     if wait:
         page.wait_for_selector(f"#results .result-card >> nth={N_RESULTS - 1}", timeout=30_000)
     return session_id
+
+
+# Marks of a browser test that also runs axe-core: skipped, saying why, without either tool.
+AXE_BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}"),
+    pytest.mark.skipif(
+        not AXE_SCRIPT.exists(),
+        reason=f"no axe-core at {AXE_SCRIPT}: run scripts/ensure_chromium.sh (npm install)",
+    ),
+]

@@ -7,10 +7,15 @@ page (search link, live progress) and its upload page, the item list with editab
 
 from __future__ import annotations
 
-import pytest
 from django.urls import reverse
 
-from tests.browser import AXE_SCRIPT, CHROMIUM, axe_violations, chromium, live_server, off_loop
+from tests.browser import (
+    AXE_BROWSER_MARKS,
+    axe_violations,
+    chromium,
+    live_server,
+    off_loop,
+)
 from tests.factories import (
     CatalogItemFactory,
     TurnResultFactory,
@@ -18,15 +23,7 @@ from tests.factories import (
     browser_session_key,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}"),
-    pytest.mark.skipif(
-        not AXE_SCRIPT.exists(),
-        reason=f"no axe-core at {AXE_SCRIPT}: run scripts/ensure_chromium.sh (npm install)",
-    ),
-]
+pytestmark = AXE_BROWSER_MARKS
 
 
 def _data() -> tuple[str, list[str]]:

@@ -20,8 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import (
-    AXE_SCRIPT,
-    CHROMIUM,
+    AXE_BROWSER_MARKS,
     N_RESULTS,
     axe_violations,
     chromium,
@@ -30,15 +29,7 @@ from tests.browser import (
     open_stored_search,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}"),
-    pytest.mark.skipif(
-        not AXE_SCRIPT.exists(),
-        reason=f"no axe-core at {AXE_SCRIPT}: run scripts/ensure_chromium.sh (npm install)",
-    ),
-]
+pytestmark = AXE_BROWSER_MARKS
 
 VIEWPORTS = {"phone": (390, 844), "tablet": (768, 1024), "desktop": (1440, 900)}
 # Where the screenshots are kept for people to look at (optional).
