@@ -116,7 +116,8 @@ def bulk_load(cfg: Config, catalog_id: int, data: np.ndarray) -> float:
     register_vector(raw)
     with transaction.atomic(), raw.cursor() as cur:
         with cur.copy(
-            "COPY catalog_catalogitem (catalog_id, image, sha256, width, height, source_name,"
+            "COPY catalog_catalogitem (catalog_id, image, original, sha256, width, height,"
+            " source_name,"
             " title, description, attributes, status, error, created_at, updated_at) FROM STDIN"
         ) as copy:
             for i in range(cfg.size):
@@ -124,6 +125,7 @@ def bulk_load(cfg: Config, catalog_id: int, data: np.ndarray) -> float:
                     (
                         catalog_id,
                         f"bench/{i}.png",
+                        "",  # no private original: the bench stores no files
                         f"{i:064x}",
                         0,
                         0,
