@@ -31,29 +31,24 @@ class Stage:
 def funnel(sessions: QuerySet[SearchSession]) -> list[Stage]:
     """``sessions`` must already be limited to sessions with turns (``stats.with_turns``)."""
     ids = sessions.order_by().values("pk")
-    turns = Turn.objects.filter(session__in=ids).annotate(
-        rated=Exists(Feedback.objects.filter(turn=OuterRef("pk"))),
-        clicked=Exists(ProductClick.objects.filter(turn=OuterRef("pk"))),
-    )
-    turn_counts = turns.aggregate(
+    # Exists in the aggregates' filters, not as annotations: an aggregate over an annotation
+    # makes Django wrap the query, and the wrapper loses the annotation's alias.
+    rated_turn = Exists(Feedback.objects.filter(turn=OuterRef("pk")))
+    clicked_turn = Exists(ProductClick.objects.filter(turn=OuterRef("pk")))
+    turn_counts = Turn.objects.filter(session__in=ids).aggregate(
         all=Count("pk"),
         done=Count("pk", filter=Q(status=Turn.Status.DONE)),
-        rated=Count("pk", filter=Q(rated=True)),
-        clicked=Count("pk", filter=Q(clicked=True)),
+        rated=Count("pk", filter=Q(rated_turn)),
+        clicked=Count("pk", filter=Q(clicked_turn)),
     )
-    session_counts = (
-        SearchSession.objects.filter(pk__in=ids)
-        .annotate(
-            done=Exists(Turn.objects.filter(session=OuterRef("pk"), status=Turn.Status.DONE)),
-            rated=Exists(Feedback.objects.filter(session=OuterRef("pk"))),
-            clicked=Exists(ProductClick.objects.filter(session=OuterRef("pk"))),
-        )
-        .aggregate(
-            all=Count("pk"),
-            done=Count("pk", filter=Q(done=True)),
-            rated=Count("pk", filter=Q(rated=True)),
-            clicked=Count("pk", filter=Q(clicked=True)),
-        )
+    done = Exists(Turn.objects.filter(session=OuterRef("pk"), status=Turn.Status.DONE))
+    rated = Exists(Feedback.objects.filter(session=OuterRef("pk")))
+    clicked = Exists(ProductClick.objects.filter(session=OuterRef("pk")))
+    session_counts = SearchSession.objects.filter(pk__in=ids).aggregate(
+        all=Count("pk"),
+        done=Count("pk", filter=Q(done)),
+        rated=Count("pk", filter=Q(rated)),
+        clicked=Count("pk", filter=Q(clicked)),
     )
     labels = (
         ("all", "searched (sent a message)"),
