@@ -301,8 +301,8 @@ def test_nothing_useful_lists_each_turn_with_why(settings: Any) -> None:
     assert raised[(c0.session_id, 0)] == ("low_score", "no_interaction")
 
     html = _client(_analyst()).get(reverse(DASHBOARD)).content.decode()
-    for reason in ("low top score", "fallback used", outcomes.REASONS["no_interaction"]):
-        assert reason in html
+    shown = re.findall(r'<span class="reason">([^<]+)</span>', html)
+    assert sorted(shown) == sorted(outcomes.REASONS[r] for t in raised.values() for r in t)
 
 
 def test_top_queries_are_normalised_and_counted() -> None:
@@ -421,3 +421,68 @@ def test_dashboard_page_has_no_inline_script_and_no_external_host() -> None:
         assert f'id="chart-{chart}" src="data:image/png;base64,' in html, chart
     assert not re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html)  # every script is a file
     assert not re.findall(r'(?:src|href)="(?:https?:)?//', html)
+
+
+# --- in a browser -------------------------------------------------------------------------------
+
+SHOTS_ENV = "DAR_TEST_SCREENSHOTS"  # where to keep the screenshots for people to look at
+
+
+def _browser_data() -> dict[str, str]:
+    from tests.factories import browser_session_key
+
+    turns = _funnel_data()
+    shop = turns["a0"].session.catalog.shop
+    for n in range(6):  # a day's worth of turns in another shop
+        session = SearchSessionFactory.create()
+        _turn(session, 0, _at(_day(1), 8 + 2 * n), queued_s=n, run_s=2 + n, message=f"lamp {n}")
+    return {
+        "analyst": browser_session_key(_analyst()),
+        "shop admin": browser_session_key(shop_admin(shop)),
+        "own catalog": turns["a0"].session.catalog.name,
+    }
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_dashboard_in_chromium_for_analysts_and_shop_admins(
+    transactional_db: None, tmp_path: Any
+) -> None:
+    import os
+    import shutil
+    from pathlib import Path
+
+    from tests.browser import AXE_SCRIPT, CHROMIUM, axe_violations, chromium, live_server, off_loop
+
+    if not CHROMIUM.exists() or not AXE_SCRIPT.exists():
+        pytest.skip("needs Chromium and axe-core (scripts/ensure_chromium.sh)")
+    keys = off_loop(_browser_data)
+    with chromium() as browser, live_server() as server:
+        for role in ("analyst", "shop admin"):
+            for width, height in ((1440, 900), (390, 844)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.context.add_cookies(
+                    [{"name": "sessionid", "value": keys[role], "url": server.url}]
+                )
+                answer = page.goto(server.url + reverse(DASHBOARD))
+                assert answer is not None and answer.status == 200, (role, width)
+                # Nothing wider than the screen: wide tables scroll inside their own box.
+                assert page.evaluate("document.documentElement.scrollWidth") <= width
+                charts_drawn = page.evaluate(
+                    """() => [...document.querySelectorAll('img.chart')].map(i => [
+                      i.id, i.complete && i.naturalWidth > 0, i.getBoundingClientRect().right])"""
+                )
+                assert {c[0] for c in charts_drawn} >= {"chart-funnel", "chart-e2e"}
+                assert all(ok and right <= width for _, ok, right in charts_drawn), charts_drawn
+                catalogs = page.locator("select[name=catalog] option").all_inner_texts()
+                if role == "shop admin":
+                    assert catalogs == ["all", keys["own catalog"]]
+                    assert "lamp 0" not in page.content()
+                else:
+                    assert "lamp 0" in page.content()
+                assert axe_violations(page) == [], (role, width)
+                shot = tmp_path / f"dashboard-{role.replace(' ', '-')}-{width}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                if target := os.environ.get(SHOTS_ENV):
+                    shutil.copy(shot, Path(target) / shot.name)
+                page.close()

@@ -183,7 +183,10 @@ def funnel_figure(stages: list[Stage]) -> Figure | None:
     ax = fig.add_subplot()
     labels = [s.label for s in stages][::-1]
     values = [s.sessions for s in stages][::-1]
+    from matplotlib.ticker import MaxNLocator
+
     bars = ax.barh(labels, values, color="#55a868")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.bar_label(bars, labels=[f"{s.sessions} ({100 * s.of_first:.0f}%)" for s in stages][::-1])
     ax.set_xlim(0, max(values) * 1.2)
     ax.set_xlabel("sessions")

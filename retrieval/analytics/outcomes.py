@@ -31,7 +31,7 @@ REASONS = {
     "no_results": "no results",
     "low_score": "low top score",
     "fallback": "fallback used",
-    "no_interaction": "no interaction (left without rating or opening a result)",
+    "no_interaction": "no interaction",
 }
 
 
