@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, cast
-
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -454,9 +453,9 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
             chosen = filters.parse(request.GET)
         except filters.FilterError as error:
             return HttpResponseBadRequest(str(error))
-        if chosen.catalog_id is not None:
-            if not scope.visible_catalogs(request.user).filter(pk=chosen.catalog_id).exists():
-                raise PermissionDenied
+        visible = scope.visible_catalogs(request.user)
+        if chosen.catalog_id is not None and not visible.filter(pk=chosen.catalog_id).exists():
+            raise PermissionDenied
         return chosen, chosen.apply(scope.visible_sessions(request.user))
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
@@ -487,9 +486,7 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "catalog_id": chosen.catalog_id,
             "exports": {
                 name: {
-                    fmt: reverse(
-                        "admin:retrieval_searchsession_dashboard_export", args=[name, fmt]
-                    )
+                    fmt: reverse("admin:retrieval_searchsession_dashboard_export", args=[name, fmt])
                     + (f"?{query}" if query else "")
                     for fmt in exports.FORMATS
                 }
@@ -511,7 +508,10 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         _, sessions = selected
         figures = stats.dashboard(sessions)
         rows = tables.rows(table, figures, sessions)
-        body = exports.stream_csv(rows, tables.TABLES[table]) if fmt == "csv" else exports.stream_json(rows)
+        if fmt == "csv":
+            body = exports.stream_csv(rows, tables.TABLES[table])
+        else:
+            body = exports.stream_json(rows)
         response = StreamingHttpResponse(
             body, content_type="text/csv; charset=utf-8" if fmt == "csv" else "application/json"
         )

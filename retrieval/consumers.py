@@ -1,10 +1,10 @@
 """The search websocket: ``/ws/search/<session_id>/``.
 
 Client -> server: ``{"type": "message", "text": ...}``, ``{"type": "feedback", "item": <id>,
-"value": 1 | -1 | 0}``, ``{"type": "click", "item": <id>}`` (the shopper opened a result; nothing
-is sent back but an error for a bad item), ``{"type": "restore"}``. Server -> client: the session's events (see
-retrieval/services/payloads.py), a ``state`` event on connect and on restore, and ``error`` events
-for bad input, after which the socket stays open.
+"value": 1 | -1 | 0}``, ``{"type": "click", "item": <id>}`` (the shopper opened a result; only a
+bad item is answered, with an error), ``{"type": "restore"}``. Server -> client: the session's
+events (see retrieval/services/payloads.py), a ``state`` event on connect and on restore, and
+``error`` events for bad input, after which the socket stays open.
 
 Another shopper's session (or a missing one) is refused at connect: the socket is accepted just
 long enough to send an ``error`` event, then closed with code 4403 (forbidden) or 4404 (not found)
@@ -92,7 +92,8 @@ class SearchConsumer(AsyncWebsocketConsumer):
             await self._send_state()
         else:
             raise SearchError(
-                "unknown_type", f"Unknown message type {kind!r}: use message, feedback, click or restore."
+                "unknown_type",
+                f"Unknown message type {kind!r}: use message, feedback, click or restore.",
             )
 
     async def search_events(self, message: dict[str, Any]) -> None:

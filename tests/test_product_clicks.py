@@ -135,7 +135,8 @@ async def test_websocket_click_frame_records_the_click_and_reports_bad_items(
     await comm.send_json_to({"type": "restore"})
     assert (await receive(comm))["type"] == "state"
     await comm.disconnect()
-    stored = await sync_to_async(list)(ProductClick.objects.values_list("item_id", "turn__index"))
+    rows = ProductClick.objects.values_list("item_id", "turn__index")
+    stored = await sync_to_async(lambda: list(rows))()
     assert stored == [(item.pk, 1)]
 
 

@@ -26,11 +26,18 @@ class QueryCount:
 
 def normalised(field: str) -> Func:
     collapsed = Func(
-        F(field), Value(r"\s+"), Value(" "), Value("g"), function="regexp_replace",
+        F(field),
+        Value(r"\s+"),
+        Value(" "),
+        Value("g"),
+        function="regexp_replace",
         output_field=CharField(),
     )
     unpunctuated = Func(
-        Trim(collapsed), Value(r"[[:space:].,!?;:]+$"), Value(""), function="regexp_replace",
+        Trim(collapsed),
+        Value(r"[[:space:].,!?;:]+$"),
+        Value(""),
+        function="regexp_replace",
         output_field=CharField(),
     )
     return Lower(Trim(unpunctuated))

@@ -156,7 +156,7 @@ def turns_per_session(sessions: QuerySet[SearchSession]) -> dict[int, int]:
     return dict(sorted((int(n), int(c)) for n, c in rows if n))
 
 
-def _bucketed(turns: QuerySet[Turn], axis: timeaxis.TimeAxis, select: str, rest: str) -> Any:
+def _bucketed(turns: QuerySet[Turn, Any], axis: timeaxis.TimeAxis, select: str, rest: str) -> Any:
     """Run ``SELECT <bucket>, <select> FROM (turns) t <rest>`` and return the rows.
 
     ``turns`` must select ``created_at`` (and whatever ``select`` reads); the bucket is the
@@ -223,7 +223,8 @@ def end_to_end_by_bucket(
 
 def end_to_end_overall(sessions: QuerySet[SearchSession]) -> tuple[float | None, float | None]:
     """p50 and p95 of the queue-inclusive latency over the whole period."""
-    inner, params = _done_with_end(sessions).values("created_at", "finished_at").query.sql_with_params()
+    turns = _done_with_end(sessions).values("created_at", "finished_at")
+    inner, params = turns.query.sql_with_params()
     sql = (
         f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY {_E2E_MS}),"
         f" percentile_cont(0.95) WITHIN GROUP (ORDER BY {_E2E_MS}) FROM ({inner}) t"

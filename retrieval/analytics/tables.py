@@ -65,7 +65,12 @@ def rows(
             }
     elif name == "end_to_end":
         for p in figures.end_to_end:
-            yield {"bucket_start": p.at.isoformat(), "turns": p.turns, "p50_ms": p.p50, "p95_ms": p.p95}
+            yield {
+                "bucket_start": p.at.isoformat(),
+                "turns": p.turns,
+                "p50_ms": p.p50,
+                "p95_ms": p.p95,
+            }
     elif name == "stages":
         for stage, points in figures.latency.items():
             for p in points:
