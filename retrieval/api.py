@@ -73,6 +73,11 @@ class FeedbackIn(serializers.Serializer):
 
 class ClickIn(serializers.Serializer):
     item = serializers.IntegerField(help_text="Id of a result item this session was shown.")
+    source = serializers.ChoiceField(
+        choices=["page", "widget"],
+        required=False,
+        help_text="Where the result was opened: the search page (default) or an embedded widget.",
+    )
 
 
 class SearchAPIView(APIView):
@@ -178,7 +183,8 @@ class ClickView(SearchAPIView):
     )
     def post(self, request: Request, session_id: str) -> Response:
         session = self.owned_session(request, session_id)
-        event = clicks.record_click(session, self.body(request).get("item"))
+        body = self.body(request)
+        event = clicks.record_click(session, body.get("item"), source=body.get("source", "page"))
         return Response(
             {"item": event["item"], "turn": event["turn"]}, status=status.HTTP_201_CREATED
         )

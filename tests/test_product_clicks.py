@@ -101,6 +101,13 @@ def test_rest_click_endpoint_needs_csrf_ownership_and_a_shown_item() -> None:
     assert response.status_code == 201, response.content
     assert response.json() == {"item": item.pk, "turn": 1}
     assert ProductClick.objects.get().session_id == session.pk
+    # An embedded widget says so; anything else is refused.
+    assert client.post(url, {"item": item.pk, "source": "widget"}, format="json").status_code == 201
+    for source in ("email", ["widget"], None):
+        refused = client.post(url, {"item": item.pk, "source": source}, format="json")
+        assert refused.status_code == 400 and refused.json()["code"] == "bad_click", source
+    sources = ProductClick.objects.order_by("pk").values_list("source", flat=True)
+    assert list(sources) == ["page", "widget"]
 
 
 @pytest.mark.django_db

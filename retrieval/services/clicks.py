@@ -30,7 +30,7 @@ def _item_id(value: Any) -> int:
     return value
 
 
-def record_click(session: SearchSession, item: Any, *, source: str = "page") -> dict[str, Any]:
+def record_click(session: SearchSession, item: Any, *, source: Any = "page") -> dict[str, Any]:
     """Store that the shopper opened ``item``, a result this session was shown.
 
     The click is attributed to the latest turn whose results (provisional or final) held the
@@ -38,7 +38,7 @@ def record_click(session: SearchSession, item: Any, *, source: str = "page") -> 
     refused: it would count a click the search did not earn.
     """
     item_id = _item_id(item)
-    if source not in SOURCES:
+    if not isinstance(source, str) or source not in SOURCES:
         raise SearchError("bad_click", f"Unknown click source {source!r}.")
     shown = (
         TurnResult.objects.filter(turn__session=session, item_id=item_id)
