@@ -73,7 +73,9 @@ class FeedbackIn(serializers.Serializer):
 
 class ClickIn(serializers.Serializer):
     item = serializers.IntegerField(help_text="Id of a result item this session was shown.")
-    source = serializers.ChoiceField(
+    # DRF's metaclass takes declared fields out of the class, so this does not shadow
+    # Field.source at run time; mypy only sees the class attribute.
+    source = serializers.ChoiceField(  # type: ignore[assignment]
         choices=["page", "widget"],
         required=False,
         help_text="Where the result was opened: the search page (default) or an embedded widget.",
