@@ -286,6 +286,9 @@ DAR_HNSW_EF_CONSTRUCTION = env_int("DAR_HNSW_EF_CONSTRUCTION", 128, min=4, max=1
 DAR_HNSW_BUILD_MEMORY = env_pg_size("DAR_HNSW_BUILD_MEMORY", "1GB")
 DAR_MAX_MESSAGE_CHARS = env_int("DAR_MAX_MESSAGE_CHARS", 1000, min=1)
 DAR_TURN_TIME_LIMIT = env_int("DAR_TURN_TIME_LIMIT", 120, min=5)
+# Analysts' "nothing useful found" list: a done turn whose best final result scored below this
+# (fused cosine similarity) is listed as a low-score turn (retrieval/analytics/outcomes.py).
+DAR_ANALYTICS_LOW_SCORE = env_float("DAR_ANALYTICS_LOW_SCORE", 0.2, min=-1.0, max=1.0)
 DAR_MAX_TURNS_PER_SESSION = env_int("DAR_MAX_TURNS_PER_SESSION", 30, min=1)
 DAR_RATE_LIMIT_TURNS = env_int("DAR_RATE_LIMIT_TURNS", 10, min=1)
 DAR_RATE_LIMIT_WINDOW = env_int("DAR_RATE_LIMIT_WINDOW", 60, min=1)

@@ -8,10 +8,11 @@ this file only wires them into the admin.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
@@ -20,13 +21,13 @@ from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from retrieval import exports
-from retrieval.analytics import charts, scope, stats
+from retrieval.analytics import charts, filters, outcomes, scope, stats, tables
 from retrieval.analytics.annotations import with_figures
 from retrieval.models import Feedback, SearchSession, Turn, TurnResult
 
@@ -39,7 +40,6 @@ TURN_RANGES: tuple[tuple[str, str, int, int | None], ...] = (
     ("7-10", "7 to 10", 7, 10),
     ("11+", "11 or more", 11, None),
 )
-DASHBOARD_DAYS = (7, 30, 90, 365)
 THUMB_PX = 64
 # How many results of a turn's final ranking the session page shows.
 RESULTS_SHOWN = 8
@@ -121,8 +121,20 @@ def feedback_html(turn: Turn) -> SafeString:
     )
 
 
-def timings_html(timings: Any) -> SafeString:
-    if not isinstance(timings, dict) or not timings:
+def end_to_end_ms(turn: Turn) -> float | None:
+    """Queue-inclusive latency: from the message's arrival to the end of the turn.
+
+    The pipeline's ``total`` starts when a worker picks the turn up, so it leaves out the queue."""
+    if turn.status != Turn.Status.DONE or turn.finished_at is None:
+        return None
+    return (turn.finished_at - turn.created_at).total_seconds() * 1000
+
+
+def timings_html(timings: Any, end_to_end: float | None = None) -> SafeString:
+    rows = sorted(timings.items(), key=_stage_position) if isinstance(timings, dict) else []
+    if end_to_end is not None:
+        rows.append((stats.END_TO_END, end_to_end))
+    if not rows:
         return format_html("{}", "—")
     return format_html(
         "<table><tbody>{}</tbody></table>",
@@ -131,8 +143,29 @@ def timings_html(timings: Any) -> SafeString:
             "<tr><td>{}</td><td style='text-align:right'>{}</td></tr>",
             (
                 (stage, f"{ms:,.0f} ms" if isinstance(ms, int | float) else str(ms))
-                for stage, ms in sorted(timings.items(), key=_stage_position)
+                for stage, ms in rows
             ),
+        ),
+    )
+
+
+def clicks_html(session: SearchSession) -> SafeString:
+    clicks = list(session.clicks.select_related("item", "turn").order_by("created_at"))
+    if not clicks:
+        return format_html("{}", "—")
+    return format_html_join(
+        "",
+        "{}",
+        (
+            (
+                _thumb(
+                    _image_url(c.item.image),
+                    str(c.item),
+                    f"turn {c.turn.index if c.turn else '?'} · {c.created_at:%H:%M:%S}"
+                    + (f" · {c.source}" if c.source != "page" else ""),
+                ),
+            )
+            for c in clicks
         ),
     )
 
@@ -212,7 +245,7 @@ class TurnDisplayMixin:
 
     @admin.display(description="stage timings")
     def stage_timings(self, obj: Turn) -> SafeString:
-        return timings_html(obj.timings)
+        return timings_html(obj.timings, end_to_end_ms(obj))
 
 
 class TurnCountFilter(admin.SimpleListFilter):
@@ -327,7 +360,7 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_select_related = ("catalog",)
     date_hierarchy = "created_at"
     search_fields = ("turns__message", "turns__refined_query")
-    fields = ("id", "catalog", "user", "created_at", "updated_at")
+    fields = ("id", "catalog", "user", "created_at", "updated_at", "product_clicks")
     readonly_fields = fields
     inlines = (TurnInline,)
     # Exports of the selected sessions (the action bar offers "select all N" for a filtered list).
@@ -337,6 +370,10 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         first = Prefetch("turns", queryset=Turn.objects.filter(index=0), to_attr="first_turns")
         sessions = scope.visible_sessions(request.user)
         return with_figures(sessions).prefetch_related(first)
+
+    @admin.display(description="products opened")
+    def product_clicks(self, obj: SearchSession) -> SafeString:
+        return clicks_html(obj)
 
     @admin.display(description="turns", ordering="n_turns")
     def turn_count(self, obj: SearchSession) -> int:
@@ -374,6 +411,11 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 name="retrieval_searchsession_dashboard",
             ),
             path(
+                "dashboard/export/<str:table>.<str:fmt>",
+                wrap(self.dashboard_export_view),
+                name="retrieval_searchsession_dashboard_export",
+            ),
+            path(
                 "export/<str:kind>.<str:fmt>",
                 wrap(self.export_view),
                 name="retrieval_searchsession_export",
@@ -401,46 +443,81 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
             sessions, cast(exports.Kind, kind), cast(exports.Format, fmt)
         )
 
-    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+    def _dashboard_input(
+        self, request: HttpRequest
+    ) -> tuple[filters.DashboardFilter, QuerySet[SearchSession]] | HttpResponse:
+        """The filter and the sessions it selects, or the 400 answer for a bad filter."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        catalogs = scope.visible_catalogs(request.user)
-        days = _int_param(request, "days", 30)
-        if days not in DASHBOARD_DAYS:
-            days = 30
-        catalog_id = _int_param(request, "catalog", None)
-        sessions = scope.visible_sessions(request.user).filter(
-            created_at__gte=timezone.now() - dt.timedelta(days=days)
-        )
-        if catalog_id is not None:
-            if not catalogs.filter(pk=catalog_id).exists():
-                raise PermissionDenied
-            sessions = sessions.filter(catalog_id=catalog_id)
+        try:
+            chosen = filters.parse(request.GET)
+        except filters.FilterError as error:
+            return HttpResponseBadRequest(str(error))
+        visible = scope.visible_catalogs(request.user)
+        if chosen.catalog_id is not None and not visible.filter(pk=chosen.catalog_id).exists():
+            raise PermissionDenied
+        return chosen, chosen.apply(scope.visible_sessions(request.user))
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        selected = self._dashboard_input(request)
+        if isinstance(selected, HttpResponse):
+            return selected
+        chosen, sessions = selected
         figures = stats.dashboard(sessions)
         pngs = {
+            "funnel": charts.funnel_chart(figures.funnel),
+            "e2e": charts.end_to_end_chart(figures.end_to_end, figures.axis),
+            "fallback": charts.fallback_chart(figures.fallback_over_time, figures.axis),
             "turns": charts.turns_histogram(figures.turns_per_session),
-            "latency": charts.latency_chart(figures.latency),
-            "feedback": charts.feedback_chart(figures.feedback_by_day),
+            "latency": charts.latency_chart(figures.latency, figures.axis),
+            "feedback": charts.feedback_chart(figures.feedback_over_time, figures.axis),
         }
+        query = urlencode(chosen.query())
         context = {
             **self.admin_site.each_context(request),
             "title": "Search dashboard",
             "opts": self.opts,
             "figures": figures,
             "charts": {name: charts.data_uri(png) if png else None for name, png in pngs.items()},
-            "days": days,
-            "day_choices": DASHBOARD_DAYS,
-            "catalogs": catalogs.order_by("name"),
-            "catalog_id": catalog_id,
+            "filter": chosen,
+            "days": chosen.days,
+            "day_choices": filters.DAYS,
+            "catalogs": scope.visible_catalogs(request.user).order_by("name"),
+            "catalog_id": chosen.catalog_id,
+            "exports": {
+                name: {
+                    fmt: reverse("admin:retrieval_searchsession_dashboard_export", args=[name, fmt])
+                    + (f"?{query}" if query else "")
+                    for fmt in exports.FORMATS
+                }
+                for name in tables.TABLES
+            },
+            "low_score": settings.DAR_ANALYTICS_LOW_SCORE,
+            "list_limit": outcomes.LIST_LIMIT,
+            "reasons": outcomes.REASONS,
         }
         return TemplateResponse(request, "admin/retrieval/dashboard.html", context)
 
-
-def _int_param(request: HttpRequest, name: str, default: int | None) -> int | None:
-    try:
-        return int(request.GET[name])
-    except (KeyError, ValueError):
-        return default
+    def dashboard_export_view(self, request: HttpRequest, table: str, fmt: str) -> HttpResponse:
+        """One table of the dashboard, for the same filter, as CSV or JSON."""
+        if table not in tables.TABLES or fmt not in exports.FORMATS:
+            return HttpResponseBadRequest("unknown export")
+        selected = self._dashboard_input(request)
+        if isinstance(selected, HttpResponse):
+            return selected
+        _, sessions = selected
+        figures = stats.dashboard(sessions)
+        rows = tables.rows(table, figures, sessions)
+        if fmt == "csv":
+            body = exports.stream_csv(rows, tables.TABLES[table])
+        else:
+            body = exports.stream_json(rows)
+        response = StreamingHttpResponse(
+            body, content_type="text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+        )
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        response["Content-Disposition"] = f'attachment; filename="dar-{table}-{stamp}.{fmt}"'
+        return response  # type: ignore[return-value]
 
 
 # --- turns and feedback on their own ---------------------------------------------------------

@@ -21,13 +21,14 @@ from rest_framework.views import APIView
 from retrieval.api_schema import (
     CSRF_HINT,
     MESSAGE_EXAMPLE,
+    ClickOut,
     FeedbackOut,
     SessionOut,
     TurnOut,
     errors,
 )
 from retrieval.models import SearchSession
-from retrieval.services import access, feedback, payloads, sessions, turns
+from retrieval.services import access, clicks, feedback, payloads, sessions, turns
 from retrieval.services.errors import SearchError
 
 
@@ -68,6 +69,17 @@ class MessageIn(serializers.Serializer):
 class FeedbackIn(serializers.Serializer):
     item = serializers.IntegerField()
     value = serializers.ChoiceField(choices=[1, -1, 0], help_text="1 like, -1 dislike, 0 undo.")
+
+
+class ClickIn(serializers.Serializer):
+    item = serializers.IntegerField(help_text="Id of a result item this session was shown.")
+    # DRF's metaclass takes declared fields out of the class, so this does not shadow
+    # Field.source at run time; mypy only sees the class attribute.
+    source = serializers.ChoiceField(  # type: ignore[assignment]
+        choices=["page", "widget"],
+        required=False,
+        help_text="Where the result was opened: the search page (default) or an embedded widget.",
+    )
 
 
 class SearchAPIView(APIView):
@@ -160,3 +172,21 @@ class FeedbackView(SearchAPIView):
         body = self.body(request)
         event = feedback.record_feedback(session, body.get("item"), body.get("value"))
         return Response({"item": event["item"], "value": event["value"]})
+
+
+class ClickView(SearchAPIView):
+    @extend_schema(
+        summary="Record that the shopper opened a result (product page or picture)",
+        description="Call it when the shopper follows a result's link; the link opens on its own "
+        "(the search page sends it as a keep-alive fetch, or over the websocket as "
+        '{"type": "click", "item": <id>}). ' + CSRF_HINT,
+        request=ClickIn,
+        responses={201: ClickOut, **errors(400, 403, 404)},
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        session = self.owned_session(request, session_id)
+        body = self.body(request)
+        event = clicks.record_click(session, body.get("item"), source=body.get("source", "page"))
+        return Response(
+            {"item": event["item"], "turn": event["turn"]}, status=status.HTTP_201_CREATED
+        )

@@ -84,6 +84,11 @@ class FeedbackOut(serializers.Serializer):
     value = serializers.IntegerField(help_text="1, -1, or 0 (taken back).")
 
 
+class ClickOut(serializers.Serializer):
+    item = serializers.IntegerField()
+    turn = serializers.IntegerField(help_text="Index of the turn whose results showed the item.")
+
+
 CSRF_HINT = (
     "Anonymous clients (cookie sessions) send the CSRF token: GET /api/csrf/ once, keep its "
     "cookies, and send its csrfToken in the X-CSRFToken header. HTTP Basic clients need no token."

@@ -24,4 +24,9 @@ urlpatterns: list[URLPattern | URLResolver] = [
         api.FeedbackView.as_view(),
         name="search-feedback",
     ),
+    path(
+        "search/sessions/<str:session_id>/clicks/",
+        api.ClickView.as_view(),
+        name="search-clicks",
+    ),
 ]

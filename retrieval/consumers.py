@@ -1,9 +1,10 @@
 """The search websocket: ``/ws/search/<session_id>/``.
 
 Client -> server: ``{"type": "message", "text": ...}``, ``{"type": "feedback", "item": <id>,
-"value": 1 | -1 | 0}``, ``{"type": "restore"}``. Server -> client: the session's events (see
-retrieval/services/payloads.py), a ``state`` event on connect and on restore, and ``error`` events
-for bad input, after which the socket stays open.
+"value": 1 | -1 | 0}``, ``{"type": "click", "item": <id>}`` (the shopper opened a result; only a
+bad item is answered, with an error), ``{"type": "restore"}``. Server -> client: the session's
+events (see retrieval/services/payloads.py), a ``state`` event on connect and on restore, and
+``error`` events for bad input, after which the socket stays open.
 
 Another shopper's session (or a missing one) is refused at connect: the socket is accepted just
 long enough to send an ``error`` event, then closed with code 4403 (forbidden) or 4404 (not found)
@@ -21,7 +22,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from retrieval.models import SearchSession
-from retrieval.services import access, events, feedback, payloads, turns
+from retrieval.services import access, clicks, events, feedback, payloads, turns
 from retrieval.services.errors import SearchError
 
 CLOSE_CODES = {"forbidden": 4403, "not_found": 4404}
@@ -85,11 +86,14 @@ class SearchConsumer(AsyncWebsocketConsumer):
             await database_sync_to_async(feedback.record_feedback)(
                 self.session, data.get("item"), data.get("value")
             )
+        elif kind == "click":
+            await database_sync_to_async(clicks.record_click)(self.session, data.get("item"))
         elif kind == "restore":
             await self._send_state()
         else:
             raise SearchError(
-                "unknown_type", f"Unknown message type {kind!r}: use message, feedback or restore."
+                "unknown_type",
+                f"Unknown message type {kind!r}: use message, feedback, click or restore.",
             )
 
     async def search_events(self, message: dict[str, Any]) -> None:

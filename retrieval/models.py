@@ -120,3 +120,26 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{'like' if self.value > 0 else 'dislike'} item {self.item_id}"
+
+
+class ProductClick(models.Model):
+    """A shopper opened a result (its product page, or its picture when the shop gave none).
+
+    Written only by ``retrieval.services.clicks.record_click``; the analysts' funnel ends here.
+    """
+
+    session = models.ForeignKey(SearchSession, on_delete=models.CASCADE, related_name="clicks")
+    # The latest turn whose results showed the item (kept if the turn is ever deleted).
+    turn = models.ForeignKey(
+        Turn, null=True, blank=True, on_delete=models.SET_NULL, related_name="clicks"
+    )
+    item = models.ForeignKey(CatalogItem, on_delete=models.CASCADE, related_name="+")
+    # Where the click came from: the search page or a shop's embedded widget.
+    source = models.CharField(max_length=16, default="page")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["session", "created_at"]
+
+    def __str__(self) -> str:
+        return f"click on item {self.item_id}"

@@ -41,6 +41,7 @@ def search_page(request: HttpRequest, slug: str) -> HttpResponse:
         "catalog": catalog.slug,
         "createSessionUrl": reverse("search-session-create"),
         "sessionUrl": reverse("search-session", args=["SESSION"]),
+        "clickUrl": reverse("search-clicks", args=["SESSION"]),
         "socketPath": "/ws/search/SESSION/",
         "maxChars": settings.DAR_MAX_MESSAGE_CHARS,
         "previewsPerTurn": settings.DAR_PREVIEWS_PER_TURN,

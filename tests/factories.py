@@ -14,7 +14,7 @@ from PIL import Image
 
 from bench.instrument import EventTap
 from catalog.models import Catalog, CatalogItem, Shop
-from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
+from retrieval.models import Feedback, Preview, ProductClick, SearchSession, Turn, TurnResult
 
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: int = 32) -> bytes:
@@ -137,6 +137,20 @@ class FeedbackFactory(factory.django.DjangoModelFactory[Feedback]):
         CatalogItemFactory, catalog=factory.SelfAttribute("..session.catalog")
     )
     value = 1
+
+
+class ProductClickFactory(factory.django.DjangoModelFactory[ProductClick]):
+    """A click on a result, as ``retrieval.services.clicks.record_click`` stores it (tests that
+    need the service's checks call the service instead)."""
+
+    class Meta:
+        model = ProductClick
+
+    turn = factory.SubFactory(TurnFactory)
+    session = factory.SelfAttribute("turn.session")
+    item = factory.SubFactory(
+        CatalogItemFactory, catalog=factory.SelfAttribute("..session.catalog")
+    )
 
 
 # --- search sessions (websocket, REST, browser) -------------------------------------------

@@ -16,6 +16,7 @@ class SearchError(Exception):
         "empty_message": 400,
         "message_too_long": 400,
         "bad_feedback": 400,
+        "bad_click": 400,
         "forbidden": 403,
         "not_found": 404,
         "too_many_turns": 409,

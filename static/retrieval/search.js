@@ -440,6 +440,9 @@
     open.target = "_blank";
     open.rel = "noopener";
     open.setAttribute("aria-label", "Open " + item.title);
+    // The link opens on its own (no preventDefault, so it works as a plain link); the click is
+    // recorded alongside it for the analysts' funnel.
+    open.addEventListener("click", () => recordClick(item.id));
     meta.appendChild(open);
     const actions = el("div", "feedback");
     actions.appendChild(feedbackButton(item.id, 1, "♥", "Like " + item.title + ": more like this"));
@@ -449,6 +452,23 @@
     card.appendChild(figure);
     card.appendChild(body);
     return card;
+  }
+
+  function recordClick(itemId) {
+    if (!sessionId) return;
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "click", item: itemId }));
+      return;
+    }
+    // No socket: a keep-alive POST survives the page being left, like navigator.sendBeacon, but
+    // unlike a beacon it can carry the CSRF header the API requires.
+    fetch(config.clickUrl.replace("SESSION", sessionId), {
+      method: "POST",
+      credentials: "same-origin",
+      keepalive: true,
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body: JSON.stringify({ item: itemId }),
+    }).catch(() => {});
   }
 
   function feedbackButton(itemId, value, label, title) {
