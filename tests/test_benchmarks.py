@@ -1,0 +1,61 @@
+"""The benchmarks still run end to end on the product's current code and schema, at tiny sizes.
+
+Their figures are not checked (speed targets live in the benchmarks' own output, never in tests):
+what is checked is that each one completes and reports what it measured, so a schema or API change
+that breaks a benchmark fails here rather than on the day someone needs its figures.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> str:
+    env = {**os.environ, "DAR_MODEL_PROFILE": "offline"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # each benchmark picks its own settings
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_vector_search_bench_loads_builds_and_reports_recall() -> None:
+    out = _run(
+        "bench.vector_search",
+        "--size",
+        "1500",
+        "--queries",
+        "10",
+        "--exact-queries",
+        "3",
+        "--warmup",
+        "3",
+        "--ef-search",
+        "40",
+    )
+    row = re.search(r"pgvector HNSW\s+40\s+10\s+[\d.]+\s+[\d.]+\s+([\d.]+)", out)
+    assert row, out
+    assert 0.0 <= float(row[1]) <= 1.0
+    assert "HNSW index scans during the HNSW queries: 0" not in out  # the index was used
+
+
+@pytest.mark.slow
+def test_ingest_bench_imports_and_embeds_every_photo() -> None:
+    out = _run("bench.ingest", "--images", "12")
+    assert "imported 12, rejected 0, embedded 12, pending 0, failed 0" in out, out
+    assert re.search(r"decode-only floor on the same files: [\d.]+ images/s", out), out
