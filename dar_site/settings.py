@@ -295,6 +295,9 @@ DAR_WEBSOCKET_ALLOWED_ORIGINS = env_list("DAR_WEBSOCKET_ALLOWED_ORIGINS")
 DAR_RATE_LIMIT_ADDRESS_TURNS = env_int(
     "DAR_RATE_LIMIT_ADDRESS_TURNS", 5 * DAR_RATE_LIMIT_TURNS, min=1
 )
+# Threads of the web process's pool for the search consumers' database calls
+# (retrieval/consumer_db.py): the most calls (and PostgreSQL connections) they have at once.
+DAR_WS_DB_THREADS = env_int("DAR_WS_DB_THREADS", 8, min=1, max=256)
 # Disliked items are left out of the session's later rankings (besides Rocchio's push).
 DAR_FEEDBACK_EXCLUDE_DISLIKED = env_bool("DAR_FEEDBACK_EXCLUDE_DISLIKED", True)
 # A turn whose worker died this many times is failed ("worker_lost") instead of rerun again.
