@@ -134,7 +134,9 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "dar_site.channel_layer.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            # redis-py's async pool holds at most 100 connections and then raises instead of
+            # waiting: 100 shoppers connecting at once made group_add fail (issue #16).
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 1000}],
             "prefix": f"{REDIS_PREFIX}:asgi",
             "capacity": 500,
         },

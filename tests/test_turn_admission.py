@@ -23,8 +23,16 @@ from rest_framework.test import APIClient
 
 from dar_site.asgi import application
 from retrieval.models import SearchSession, Turn
-from retrieval.services import turns
+from retrieval.services import admission, turns
 from retrieval.services.turns import SWEEP_GRACE
+from tests.browser import (
+    AXE_BROWSER_MARKS,
+    axe_violations,
+    chromium,
+    live_server,
+    off_loop,
+    open_stored_search,
+)
 from tests.factories import (
     CatalogFactory,
     SearchSessionFactory,
@@ -40,9 +48,11 @@ TIMEOUT = 10
 
 
 @pytest.fixture(autouse=True)
-def _fresh_rate_limits(redis_client: Any) -> None:
+def _fresh_counters(redis_client: Any) -> None:
     for key in redis_client.scan_iter(f"{settings.REDIS_PREFIX}:ratelimit:*"):
         redis_client.delete(key)
+    # Each test builds its own line: no estimate of the line's speed from an earlier test.
+    admission._estimate.clear()
 
 
 async def open_socket(session_id: object, cookie_key: str) -> WebsocketCommunicator:
@@ -262,3 +272,48 @@ async def test_a_turn_that_waited_past_its_time_limit_tells_the_shopper() -> Non
     # The text-only results it got are kept.
     assert len(turn["results"]) == 1 and turn["final"] is False
     await comm.disconnect()
+
+
+def _with_marks(test: Any) -> Any:
+    for mark in AXE_BROWSER_MARKS:
+        test = mark(test)
+    return test
+
+
+@_with_marks
+def test_the_page_shows_the_line_and_gives_a_refused_message_back(settings: Any) -> None:
+    settings.DAR_TURN_QUEUE_DEPTH = 1
+    off_loop(lambda: other_shoppers_turns(1, running=1, done_runs_s=(7.0,)))
+    with chromium() as browser, live_server() as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        session_id = open_stored_search(page, server)
+
+        # The line is full: the message is refused, and the shopper gets the text back.
+        page.fill("#message", "a green scarf")
+        page.press("#message", "Enter")
+        error = page.locator("#composer-error")
+        error.wait_for(state="visible")
+        assert "send your message again" in error.inner_text()
+        assert page.locator("#message").input_value() == "a green scarf"
+        assert page.locator("#send").is_enabled()
+        session = uuid.UUID(session_id)
+        assert off_loop(lambda: Turn.objects.filter(session_id=session).count()) == 1
+
+        # Room in the line again: accepted, and the page says where it waits, for how long.
+        settings.DAR_TURN_QUEUE_DEPTH = 5
+        page.press("#message", "Enter")
+        status = page.locator("#composer-status")
+        page.wait_for_function(
+            "document.getElementById('composer-status').textContent.includes('position 2')"
+        )
+        assert "about 14 s" in status.inner_text()
+        assert status.get_attribute("role") == "status"
+        assert page.locator("#message").input_value() == ""
+        assert axe_violations(page) == []
+
+        # A reload restores the same place from the state.
+        page.reload()
+        page.wait_for_function(
+            "document.getElementById('composer-status').textContent.includes('position 2')"
+        )
+        assert page.locator("#send").is_disabled()

@@ -16,26 +16,28 @@ has finished). The page's state (and the REST turn) carries the same ``queue`` w
 from __future__ import annotations
 
 import math
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Count, Q
 
 from retrieval.models import Turn
 
 from .errors import SearchError
 
-# Advisory lock that makes "count the line, then join it" one step across web processes; its own
-# key space (text_stage's per-turn locks use 0x7E57).
-ADMISSION_LOCK = (0x7E58, 0)
 # Recent finished turns the expected wait is estimated from.
 RECENT_TURNS = 20
 # Retry-After when no turn has finished yet to estimate from.
 UNKNOWN_RETRY_S = 15
 MAX_RETRY_S = 300
+# How long one estimate of the line's speed is reused.
+ESTIMATE_TTL_S = 2.0
+_estimate_lock = threading.Lock()
+_estimate: dict[str, tuple[float, float | None]] = {}
 
 
 @dataclass(frozen=True)
@@ -55,13 +57,14 @@ class Place:
 def admit(session_id: object) -> Place | None:
     """Let one more turn of the session join the line, or refuse it (``busy``).
 
-    Call inside the transaction that stores the turn: the lock taken here is held until it
-    commits, so concurrent messages (any web process) never overfill the line. Returns the new
-    turn's place when it will wait behind other sessions' turns, else None (it starts at once, or
-    waits only for the session's own earlier turn, which the shopper is watching).
+    Returns the new turn's place when it will wait behind other sessions' turns, else None (it
+    starts at once, or waits only for the session's own earlier turn, which the shopper is
+    watching). The count takes no lock: messages stored at the same instant may each see the
+    line one short of full, so it can run over by as many as are being stored at once (at most
+    DAR_WS_DB_THREADS per web process, plus REST requests). A lock held until each message's
+    commit serialised every message of the instance: under 100 shoppers it was most of the time
+    to ``turn.accepted`` (docs/benchmarks.md section 4).
     """
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", list(ADMISSION_LOCK))
     waiting, others = _line(session_id)
     if waiting >= settings.DAR_TURN_QUEUE_DEPTH:
         retry = retry_after_s()
@@ -111,6 +114,20 @@ def retry_after_s() -> int:
 
 
 def _seconds_per_start() -> float | None:
+    """Seconds between two turns leaving the line; cached briefly per process, since under load
+    every new message asks and the answer moves slowly."""
+    now = time.monotonic()
+    with _estimate_lock:
+        cached = _estimate.get("value")
+        if cached is not None and now - cached[0] < ESTIMATE_TTL_S:
+            return cached[1]
+    value = _measure_seconds_per_start()
+    with _estimate_lock:
+        _estimate["value"] = (now, value)
+    return value
+
+
+def _measure_seconds_per_start() -> float | None:
     recent = list(
         Turn.objects.filter(status=Turn.Status.DONE, started_at__isnull=False)
         .order_by("-created_at")
