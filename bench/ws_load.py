@@ -189,7 +189,8 @@ async def browse(
                         return
                     outcome.refused += 1
                     if not resend:
-                        outcome.errors["not sent: refused (busy)"] += len(texts) - index - 1
+                        if index + 1 < len(texts):
+                            outcome.errors["not sent: refused (busy)"] += len(texts) - index - 1
                         return
                     await asyncio.sleep(float(event.get("retry_after_s") or 1))
                     break  # the same message again
