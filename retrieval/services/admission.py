@@ -70,7 +70,8 @@ def admit(session_id: object) -> Place | None:
         retry = retry_after_s()
         raise SearchError(
             "busy",
-            f"Search is very busy right now ({waiting} searches are waiting). Nothing was "
+            f"Search is very busy right now ({waiting} "
+            f"{'search is' if waiting == 1 else 'searches are'} waiting). Nothing was "
             f"stored: please send your message again in about {retry} seconds.",
             retry_after=retry,
         )
