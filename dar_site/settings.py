@@ -134,7 +134,9 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "dar_site.channel_layer.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            # redis-py's async pool holds at most 100 connections and then raises instead of
+            # waiting: 100 shoppers connecting at once made group_add fail (issue #16).
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 1000}],
             "prefix": f"{REDIS_PREFIX}:asgi",
             "capacity": 500,
         },
@@ -298,6 +300,13 @@ DAR_WEBSOCKET_ALLOWED_ORIGINS = env_list("DAR_WEBSOCKET_ALLOWED_ORIGINS")
 DAR_RATE_LIMIT_ADDRESS_TURNS = env_int(
     "DAR_RATE_LIMIT_ADDRESS_TURNS", 5 * DAR_RATE_LIMIT_TURNS, min=1
 )
+# Turns that may wait for a gpu worker at once (retrieval/services/admission.py); a message that
+# finds this many waiting is refused ("busy", REST 503 + Retry-After) and not stored. About the
+# turns an instance finishes within DAR_TURN_TIME_LIMIT: ~0.28 turns/s on 2 CPU cores.
+DAR_TURN_QUEUE_DEPTH = env_int("DAR_TURN_QUEUE_DEPTH", 32, min=1)
+# Threads of the web process's pool for the search consumers' database calls
+# (retrieval/consumer_db.py): the most calls (and PostgreSQL connections) they have at once.
+DAR_WS_DB_THREADS = env_int("DAR_WS_DB_THREADS", 8, min=1, max=256)
 # Disliked items are left out of the session's later rankings (besides Rocchio's push).
 DAR_FEEDBACK_EXCLUDE_DISLIKED = env_bool("DAR_FEEDBACK_EXCLUDE_DISLIKED", True)
 # A turn whose worker died this many times is failed ("worker_lost") instead of rerun again.

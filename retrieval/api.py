@@ -89,7 +89,8 @@ class SearchAPIView(APIView):
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, SearchError):
-            return Response({"code": exc.code, "message": exc.message}, status=exc.http_status)
+            headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+            return Response(exc.as_body(), status=exc.http_status, headers=headers)
         return super().handle_exception(exc)
 
     def body(self, request: Request) -> dict[str, Any]:
@@ -134,10 +135,13 @@ class MessageView(SearchAPIView):
         summary="Send a message: starts the session's next turn",
         description="Answers at once with the queued turn; poll the turn (or the session) until "
         "its status is done or failed. One turn at a time is best: a message sent while a turn "
-        "runs is queued behind it.",
+        "runs is queued behind it. While the turn waits for a search worker behind other "
+        "shoppers' turns, its ``queue`` says where (position, expected wait). When too many "
+        "turns wait already the message is refused with 503 and a Retry-After header; nothing "
+        "is stored, send it again then.",
         request=MessageIn,
         examples=[MESSAGE_EXAMPLE],
-        responses={202: TurnOut, **errors(400, 403, 404, 409, 429)},
+        responses={202: TurnOut, **errors(400, 403, 404, 409, 429, 503)},
     )
     def post(self, request: Request, session_id: str) -> Response:
         session = self.owned_session(request, session_id)

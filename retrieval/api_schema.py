@@ -14,9 +14,14 @@ from rest_framework import serializers
 class ErrorOut(serializers.Serializer):
     code = serializers.CharField(
         help_text="Machine-readable: invalid, empty_message, message_too_long, bad_feedback, "
-        "forbidden, not_found, too_many_turns, rate_limited, ..."
+        "forbidden, not_found, too_many_turns, rate_limited, busy, ..."
     )
     message = serializers.CharField(help_text="What went wrong, for people.")
+    retry_after_s = serializers.IntegerField(
+        required=False,
+        help_text="With rate_limited and busy: seconds after which sending again is worth it "
+        "(also the Retry-After header).",
+    )
 
 
 class CatalogRefOut(serializers.Serializer):
@@ -43,6 +48,13 @@ class TurnErrorOut(serializers.Serializer):
     message = serializers.CharField()
 
 
+class TurnQueueOut(serializers.Serializer):
+    position = serializers.IntegerField(help_text="1: the next turn to start.")
+    expected_wait_s = serializers.IntegerField(
+        allow_null=True, help_text="About how long until it starts (null: no estimate yet)."
+    )
+
+
 class TurnOut(serializers.Serializer):
     index = serializers.IntegerField(help_text="0 for the session's first message.")
     message = serializers.CharField()
@@ -65,6 +77,10 @@ class TurnOut(serializers.Serializer):
         child=serializers.FloatField(), help_text="Stage durations in milliseconds."
     )
     error = TurnErrorOut(allow_null=True)
+    queue = TurnQueueOut(
+        allow_null=True,
+        help_text="While the turn waits for a search worker: where it stands (else null).",
+    )
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
 
@@ -103,6 +119,7 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
         404: "No such catalog or session, or not yours.",
         409: "The session has reached its turn limit.",
         429: "Too many messages; wait and retry.",
+        503: "Search is overloaded: nothing was stored; send it again after Retry-After seconds.",
     }
     return {s: OpenApiResponse(ErrorOut, description=described[s]) for s in statuses}
 

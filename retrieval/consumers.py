@@ -18,9 +18,9 @@ import json
 import logging
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from retrieval.consumer_db import run_in_pool
 from retrieval.models import SearchSession
 from retrieval.services import access, clicks, events, feedback, payloads, turns
 from retrieval.services.errors import SearchError
@@ -41,7 +41,7 @@ class SearchConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         await self.accept()
         try:
-            self.session = await database_sync_to_async(access.session_for)(
+            self.session = await run_in_pool(access.session_for)(
                 self.scope["url_route"]["kwargs"]["session_id"],
                 self.scope.get("user"),
                 _session_key(self.scope),
@@ -79,11 +79,11 @@ class SearchConsumer(AsyncWebsocketConsumer):
         kind = data.get("type")
         if kind == "message":
             # turn.accepted reaches this socket through the session's group, like every event.
-            await database_sync_to_async(turns.submit_message)(
+            await run_in_pool(turns.submit_message)(
                 self.session, data.get("text"), address=_address(self.scope)
             )
         elif kind == "feedback":
-            await database_sync_to_async(feedback.record_feedback)(
+            await run_in_pool(feedback.record_feedback)(
                 self.session, data.get("item"), data.get("value")
             )
         elif kind == "click":
@@ -102,7 +102,7 @@ class SearchConsumer(AsyncWebsocketConsumer):
 
     async def _send_state(self) -> None:
         assert self.session is not None
-        state = await database_sync_to_async(_state)(self.session)
+        state = await run_in_pool(_state)(self.session)
         await self._send(state)
 
     async def _send(self, event: dict[str, Any]) -> None:

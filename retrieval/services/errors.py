@@ -21,16 +21,27 @@ class SearchError(Exception):
         "not_found": 404,
         "too_many_turns": 409,
         "rate_limited": 429,
+        # Overload (retrieval/services/admission.py): come back later, with Retry-After.
+        "busy": 503,
     }
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # Seconds after which sending the same thing again is worth it (REST: Retry-After).
+        self.retry_after = retry_after
 
     @property
     def http_status(self) -> int:
         return self.HTTP_STATUS.get(self.code, 400)
 
+    def as_body(self) -> dict[str, object]:
+        """The REST answer's body (and, with ``type`` and ``turn``, the websocket frame's)."""
+        body: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.retry_after is not None:
+            body["retry_after_s"] = self.retry_after
+        return body
+
     def as_event(self, turn: int | None = None) -> dict[str, object]:
-        return {"type": "error", "turn": turn, "code": self.code, "message": self.message}
+        return {"type": "error", "turn": turn, **self.as_body()}

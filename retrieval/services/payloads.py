@@ -13,6 +13,8 @@ from typing import Any
 from catalog.models import CatalogItem
 from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
 
+from . import admission
+
 
 def image_url(field: Any) -> str:
     try:
@@ -90,6 +92,7 @@ def turn_payload(
         "weights": dict(turn.weights),
         "timings": dict(turn.timings),
         "error": {"code": turn.error_code, "message": turn.error} if turn.error_code else None,
+        "queue": place.as_dict() if (place := admission.place_of(turn)) else None,
         "created_at": turn.created_at.isoformat(),
         "finished_at": turn.finished_at.isoformat() if turn.finished_at else None,
     }

@@ -25,12 +25,19 @@ def _key(scope: str, ident: str) -> str:
 
 def hit(key: str, window: int) -> int:
     """Count one hit on ``key`` in a fixed window of ``window`` seconds; returns the count."""
+    return hit_window(key, window)[0]
+
+
+def hit_window(key: str, window: int) -> tuple[int, int]:
+    """``hit``, also returning the seconds left in the window (for a Retry-After)."""
     # SET NX EX + INCR in one MULTI: the window starts at the first hit and the counter can never
     # be left without an expiry (the embedded Redis 6 has no EXPIRE NX).
     pipe = client().pipeline(transaction=True)
     pipe.set(key, 0, ex=window, nx=True)
     pipe.incr(key)
-    return int(pipe.execute()[1])
+    pipe.ttl(key)
+    _, count, left = pipe.execute()
+    return int(count), max(1, int(left))
 
 
 def check_turn_allowed(session_id: object, address: str | None) -> None:
@@ -40,9 +47,11 @@ def check_turn_allowed(session_id: object, address: str | None) -> None:
     if address:
         counters.append((_key("address", address), settings.DAR_RATE_LIMIT_ADDRESS_TURNS))
     for key, limit in counters:
-        if hit(key, window) > limit:
+        count, left = hit_window(key, window)
+        if count > limit:
             raise SearchError(
                 "rate_limited",
                 f"Too many messages: at most {limit} every {window} seconds. "
                 "Please wait a moment and try again.",
+                retry_after=left,
             )

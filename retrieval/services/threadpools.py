@@ -1,4 +1,6 @@
-"""Thread pools a worker keeps for work beside a turn's stages (preview files, questions)."""
+"""Thread pools a process keeps beside its main work: a worker's pools for work beside a turn's
+stages (preview files, questions), and the web process's pool for the search consumers' database
+calls (``consumer_db``)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from retrieval.models import SearchSession, Turn
 
-from . import events, ratelimit
+from . import admission, events, ratelimit
 from .errors import SearchError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ def submit_message(session: SearchSession, text: Any, *, address: str | None = N
     """Validate a shopper's message, store it as the session's next turn and enqueue the turn.
 
     Raises ``SearchError`` (nothing is stored) for an empty or oversized message, a session that
-    reached DAR_MAX_TURNS_PER_SESSION, or a rate limit.
+    reached DAR_MAX_TURNS_PER_SESSION, a full line of waiting turns (``busy``, see
+    ``admission``), or a rate limit.
     """
     text = clean_message(text)
     with transaction.atomic():
@@ -85,10 +86,12 @@ def submit_message(session: SearchSession, text: Any, *, address: str | None = N
                 "too_many_turns",
                 "This search has reached its length limit; please start a new search.",
             )
-        ratelimit.check_turn_allowed(session.pk, address)
         if any(_looks_stuck(status, created, started) for _, status, created, started in previous):
             # An earlier turn outlived its limit: fail it, or the new one would wait behind it.
             sweep_stuck_turns(session_id=session.pk)
+        # Before the rate limit: a message refused for overload must not count against it.
+        place = admission.admit(session.pk)
+        ratelimit.check_turn_allowed(session.pk, address)
         messages = [message for message, *_ in previous]
         turn = Turn.objects.create(
             session_id=session.pk,
@@ -98,17 +101,21 @@ def submit_message(session: SearchSession, text: Any, *, address: str | None = N
             # The gpu task's id, chosen here so that the row is written once.
             task_id=str(uuid.uuid4()),
         )
-        transaction.on_commit(lambda: _enqueue(turn))
+        transaction.on_commit(lambda: _enqueue(turn, place))
     return turn
 
 
-def _enqueue(turn: Turn) -> None:
-    # Sent (waiting) before the tasks, so the page hears of the turn before any of its stages.
-    events.emit(
-        turn.session_id,
-        {"type": "turn.accepted", "turn": turn.index, "message": turn.message, "status": "queued"},
-        wait=True,
-    )
+def _enqueue(turn: Turn, place: admission.Place | None) -> None:
+    # Sent (waiting) before the tasks, so the page hears of the turn before any of its stages;
+    # a turn that waits behind other shoppers' turns says where, in the same message.
+    accepted = {
+        "type": "turn.accepted",
+        "turn": turn.index,
+        "message": turn.message,
+        "status": "queued",
+    }
+    batch = [accepted] if place is None else [accepted, place.event(turn.index)]
+    events.emit(turn.session_id, *batch, wait=True)
     # Both at once: the text stage does not wait for a gpu worker, nor the gpu task for it. Their
     # outcome is the turn's row and events, never a task result (nothing to store or subscribe to).
     current_app.send_task(TEXT_STAGE_TASK, args=[turn.pk], ignore_result=True)
@@ -167,11 +174,20 @@ def sweep_stuck_turns(session_id: Any = None) -> int:
     for turn in candidates.order_by("session_id", "index"):
         if turn.status == Turn.Status.QUEUED and not _queued_too_long(turn, cutoff):
             continue
-        message = "This search step took too long and was stopped. Please send your message again."
-        if fail_turn(turn, "timeout", message, statuses=[turn.status]):
+        if fail_turn(turn, "timeout", _timeout_message(turn), statuses=[turn.status]):
             log.warning("turn %s (session %s) swept as timed out", turn.index, turn.session_id)
             failed += 1
     return failed
+
+
+def _timeout_message(turn: Turn) -> str:
+    """What the shopper is told of a turn that ran out of time: where it stopped, what is kept."""
+    if turn.status == Turn.Status.QUEUED:
+        return (
+            "Search is very busy: this message waited too long in line and was stopped "
+            "(any results shown come from your words only). Please send it again."
+        )
+    return "This search step took too long and was stopped. Please send your message again."
 
 
 def _stuck_cutoff() -> datetime:

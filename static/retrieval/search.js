@@ -42,6 +42,14 @@
   // second message cannot overtake the first one's question.
   let busy = false;
   let queued = null; // the last turn.queued event of the current turn (overload), if any
+  // The text of the last message sent: a refused message (busy, rate limited) is not stored by
+  // the server, so the page puts it back into the composer for the shopper to send again.
+  let lastSent = "";
+  // While a turn runs the page expects events; after this long without any it asks for the
+  // state again (a turn that ended while an event was lost, or one stuck in line, is then shown
+  // as it is: the server fails turns past their time limit when the page restores).
+  const QUIET_RESTORE_MS = 30000;
+  let quietTimer = null;
 
   // --- small DOM helpers ---------------------------------------------------------------------
 
@@ -127,6 +135,7 @@
       pending.forEach((frame) => ws.send(frame));
     };
     ws.onmessage = (message) => {
+      watchQuiet();
       let event;
       try {
         event = JSON.parse(message.data);
@@ -159,6 +168,19 @@
 
   // --- events ----------------------------------------------------------------------------------
 
+  function watchQuiet() {
+    clearTimeout(quietTimer);
+    quietTimer = null;
+    if (!busy) return;
+    quietTimer = setTimeout(() => {
+      quietTimer = null;
+      if (busy && socket && socket.readyState === WebSocket.OPEN) {
+        sendFrame({ type: "restore" });
+        watchQuiet();
+      }
+    }, QUIET_RESTORE_MS);
+  }
+
   function handle(event) {
     switch (event.type) {
       case "state":
@@ -186,8 +208,10 @@
       case "results":
         if (!isCurrent(event.turn)) break;
         renderResults(event.items, event.final, event.turn);
-        queued = null;
         if (event.final) {
+          // Text-only results do not wait in line; the rest of the turn may still (turn.started).
+          queued = null;
+          updateComposer();
           setStep("rank", "done", event.turn);
           // The question is part of the turn: the chat shows it being written, and "Done" waits
           // for it (turn.done) rather than spinning.
@@ -251,7 +275,13 @@
   function handleError(event) {
     const text = event.message || "Something went wrong.";
     if (event.turn === null || event.turn === undefined) {
-      // The message was refused (too long, too fast...): no turn runs, the text is still there.
+      // The message was refused (too long, too fast, too busy...): nothing was stored and no turn
+      // runs; the text goes back into the composer (unless something new was typed meanwhile).
+      if (lastSent && !els.input.value.trim()) {
+        els.input.value = lastSent;
+        updateCount();
+      }
+      lastSent = "";
       showFormError(text);
       setBusy(false);
       return;
@@ -259,6 +289,10 @@
     addBubble("system error", text, event.turn);
     if (event.turn >= currentTurn) {
       hideAsking();
+      // Results shown so far stay; they will not be refined any more.
+      if (els.results.dataset.final !== "true" && !els.resultsKind.hidden) {
+        els.resultsKind.textContent = "from your words";
+      }
       const active = els.progress.querySelector("[data-state='active']");
       if (active) active.dataset.state = "failed";
       els.progress.dataset.stage = "failed";
@@ -292,7 +326,14 @@
     if (shown.results.length) renderResults(shown.results, shown.final, shown.index);
     restoreProgress(last);
     if (last.timings && last.status === "done") renderTimings(last.timings);
+    if (last.status === "failed" && !shown.final && shown.results.length) {
+      els.resultsKind.textContent = "from your words";
+    }
     setBusy(last.status === "queued" || last.status === "running");
+    if (last.queue) {
+      queued = last.queue;
+      updateComposer();
+    }
   }
 
   function restoreProgress(turn) {
@@ -533,6 +574,7 @@
         connect();
       }
       sendFrame({ type: "message", text: text });
+      lastSent = text;
       els.input.value = "";
       updateCount();
     } catch (err) {
@@ -553,6 +595,7 @@
   function setBusy(value) {
     busy = value;
     if (!value) queued = null;
+    watchQuiet();
     updateComposer();
   }
 
@@ -564,8 +607,9 @@
     els.send.textContent = busy ? "Searching…" : "Send";
     let status = "";
     if (busy && queued) {
-      status = "Waiting in line (position " + queued.position + ", about " +
-        Math.max(1, Math.round(queued.expected_wait_s || 0)) + " s). ";
+      const wait = queued.expected_wait_s;
+      status = "Busy: refining waits in line (position " + queued.position +
+        (wait ? ", about " + Math.max(1, Math.round(wait)) + " s" : "") + "). ";
     } else if (busy) {
       status = "Searching… ";
     }
