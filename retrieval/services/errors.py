@@ -17,6 +17,8 @@ class SearchError(Exception):
         "message_too_long": 400,
         "bad_feedback": 400,
         "forbidden": 403,
+        "bad_key": 403,
+        "origin_not_allowed": 403,
         "not_found": 404,
         "too_many_turns": 409,
         "rate_limited": 429,
