@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.authentication import SessionScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -166,7 +167,11 @@ class SessionCreateView(SearchAPIView):
         if isinstance(client, WidgetClient):
             # The key names the catalog; the token is the session's owner, given out only here.
             session, token = widget.start_session(client.catalog, request.META.get("REMOTE_ADDR"))
-            body = {**payloads.session_payload(session), "token": token}
+            body = {
+                **payloads.session_payload(session),
+                "token": token,
+                "max_chars": settings.DAR_MAX_MESSAGE_CHARS,
+            }
             return Response(body, status=status.HTTP_201_CREATED)
         catalog = sessions.catalog_for(self.body(request).get("catalog"), request.user)
         if not request.user.is_authenticated and not request.session.session_key:
