@@ -46,7 +46,7 @@ class WidgetCorsMiddleware:
         if preflight:
             if not allowed:
                 return _refused(raw)
-            response = HttpResponse(status=204)
+            response = HttpResponse(status=204, content_type="text/plain")
             response["Access-Control-Allow-Methods"] = ALLOW_METHODS
             response["Access-Control-Allow-Headers"] = ALLOW_HEADERS
             response["Access-Control-Max-Age"] = MAX_AGE

@@ -294,16 +294,18 @@ DAR_RATE_LIMIT_TURNS = env_int("DAR_RATE_LIMIT_TURNS", 10, min=1)
 DAR_RATE_LIMIT_WINDOW = env_int("DAR_RATE_LIMIT_WINDOW", 60, min=1)
 
 
-def _exact_origins(name: str) -> list[str]:
+def _exact_origins(name: str, values: list[str]) -> list[str]:
     try:
-        return normalize_origins(env_list(name))
+        return normalize_origins(values)
     except OriginError as error:
         raise EnvError(f"{name}: {error}") from None
 
 
 # Exact origins (scheme://host[:port]) besides our own pages' that may open search websockets;
 # shops' widgets are allowed per catalog instead (catalog admin, dar_site/origins.py).
-DAR_WEBSOCKET_ALLOWED_ORIGINS = _exact_origins("DAR_WEBSOCKET_ALLOWED_ORIGINS")
+DAR_WEBSOCKET_ALLOWED_ORIGINS = _exact_origins(
+    "DAR_WEBSOCKET_ALLOWED_ORIGINS", env_list("DAR_WEBSOCKET_ALLOWED_ORIGINS")
+)
 # Search sessions a shop's widget may start per client address and rate-limit window.
 DAR_RATE_LIMIT_WIDGET_SESSIONS = env_int("DAR_RATE_LIMIT_WIDGET_SESSIONS", 20, min=1)
 # Search turns (retrieval/services/turns.py, pipeline.py). Per-address turn limit: several

@@ -164,6 +164,7 @@ class SessionCreateView(SearchAPIView):
     )
     def post(self, request: Request) -> Response:
         client = request.auth
+        body = self.body(request)
         if isinstance(client, WidgetClient):
             # The key names the catalog; the token is the session's owner, given out only here.
             session, token = widget.start_session(client.catalog, request.META.get("REMOTE_ADDR"))
@@ -173,7 +174,7 @@ class SessionCreateView(SearchAPIView):
                 "max_chars": settings.DAR_MAX_MESSAGE_CHARS,
             }
             return Response(body, status=status.HTTP_201_CREATED)
-        catalog = sessions.catalog_for(self.body(request).get("catalog"), request.user)
+        catalog = sessions.catalog_for(body.get("catalog"), request.user)
         if not request.user.is_authenticated and not request.session.session_key:
             request.session.save()  # anonymous ownership needs a session key
         session = sessions.create_session(catalog, request.user, request.session.session_key)

@@ -135,6 +135,15 @@ def test_a_private_catalog_cannot_be_searched_from_a_widget(catalog: Catalog) ->
     assert refused.json()["code"] == "forbidden"
 
 
+@pytest.mark.parametrize("body", ["nonsense", "[1, 2]", '"text"'])
+def test_a_bad_body_gets_a_clear_error_and_starts_nothing(catalog: Catalog, body: str) -> None:
+    headers = {"X-Dar-Key": catalog.publishable_key, "Origin": SHOP}
+    answer = widget_client().post(SESSIONS, body, content_type="application/json", headers=headers)
+    assert answer.status_code == 400
+    assert answer.json()["message"]
+    assert not SearchSession.objects.exists()
+
+
 def test_the_token_owns_the_session_and_cookies_count_for_nothing(catalog: Catalog) -> None:
     client = widget_client()
     body = start(client, catalog.publishable_key).json()
@@ -501,3 +510,31 @@ def _touch_targets(page: Any) -> list[float]:
             ".map(b => Math.min(b.getBoundingClientRect().width, b.getBoundingClientRect().height))"
         )
     )
+
+
+# --- the migration --------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_existing_catalogs_each_their_own_key() -> None:
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    def migrate(targets: list[tuple[str, str]] | None = None) -> None:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(targets or executor.loader.graph.leaf_nodes())
+
+    first, second = CatalogFactory.create_batch(2)
+    migrate([("catalog", "0003_vectors_halfvec")])
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM catalog_catalog")
+            assert cursor.fetchone()[0] == 2
+    finally:
+        migrate()
+    keys = set(Catalog.objects.values_list("publishable_key", flat=True))
+    assert len(keys) == 2
+    assert all(key.startswith("pk_") and len(key) > 30 for key in keys)
+    assert {first.pk, second.pk} == set(Catalog.objects.values_list("pk", flat=True))
+    assert Catalog.objects.get(pk=first.pk).embed_origins == []
