@@ -12,14 +12,14 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.db.models import Count, F, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from .forms import UploadImagesForm
+from .forms import OriginsField, UploadImagesForm
 from .models import Catalog, CatalogItem, ItemEmbedding, Shop
-from .services import access, embedding, ingest, progress
+from .services import access, embed, embedding, ingest, progress
 from .services.encoder import active_encoder_name
 
 
@@ -101,7 +101,7 @@ class CatalogAdmin(ShopScopedAdmin):
     list_filter = ["is_public", ("shop", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ("name",)}
-    readonly_fields = ["embedding_progress", "created_at"]
+    readonly_fields = ["embedding_progress", "publishable_key", "created_at"]
     actions = ["reembed_stale", "reembed_failed", "reembed_all"]
     change_form_template = "admin/catalog/catalog/change_form.html"
 
@@ -133,6 +133,33 @@ class CatalogAdmin(ShopScopedAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return self._may(request, None)
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "embed_origins":
+            return OriginsField(
+                required=False, label="Allowed origins", help_text=db_field.help_text
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        catalog = self.get_object(request, unquote(object_id))
+        context = dict(extra_context or {})
+        if catalog is not None:
+            # The widget's snippet names this server as the shop's pages will reach it.
+            context["embed"] = {
+                "key": catalog.publishable_key,
+                "origins": catalog.embed_origins,
+                "snippet": embed.snippet(catalog, request.build_absolute_uri("/")),
+                "rotate_url": reverse("admin:catalog_catalog_rotate_key", args=[catalog.pk]),
+                "public": catalog.is_public,
+            }
+        return super().change_view(request, object_id, form_url, context)
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "shop":
@@ -215,9 +242,39 @@ class CatalogAdmin(ShopScopedAdmin):
                 "<path:object_id>/upload/",
                 self.admin_site.admin_view(self.upload_view),
                 name="catalog_catalog_upload",
-            )
+            ),
+            path(
+                "<path:object_id>/rotate-key/",
+                self.admin_site.admin_view(self.rotate_key_view),
+                name="catalog_catalog_rotate_key",
+            ),
         ]
         return custom + super().get_urls()
+
+    def rotate_key_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Confirm, then give the catalog a new publishable key (the old snippet stops working)."""
+        catalog = self.get_object(request, unquote(object_id))
+        if catalog is None or not self.has_change_permission(request, catalog):
+            raise Http404("No such catalog.")
+        change_url = reverse("admin:catalog_catalog_change", args=[catalog.pk])
+        if request.method == "POST":
+            embed.rotate_key(catalog)
+            self.message_user(
+                request,
+                "The widget has a new key: replace the snippet on your site with the one below "
+                "(the old key no longer works).",
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(change_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Rotate the widget key of {catalog}?",
+            "opts": self.model._meta,
+            "original": catalog,
+            "change_url": change_url,
+            "has_view_permission": True,
+        }
+        return TemplateResponse(request, "admin/catalog/catalog/rotate_key.html", context)
 
     def upload_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         catalog = self.get_object(request, unquote(object_id))

@@ -6,6 +6,8 @@ from typing import Any
 
 from django import forms
 
+from dar_site.origin_names import OriginError, normalize_origins
+
 from .services import metadata
 
 
@@ -48,3 +50,35 @@ class UploadImagesForm(forms.Form):
             return metadata.parse_attributes(self.cleaned_data.get("attributes") or "")
         except ValueError as exc:
             raise forms.ValidationError(str(exc)) from None
+
+
+class OriginsField(forms.CharField):
+    """A catalog's allowed origins: one per line in a textarea, stored as a normalised list."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.pop("max_length", None)
+        kwargs.pop("base_field", None)
+        kwargs.pop("delimiter", None)
+        kwargs["widget"] = forms.Textarea(attrs={"rows": 3, "cols": 60, "spellcheck": "false"})
+        super().__init__(*args, **kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return "\n".join(value)
+        return value
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        if isinstance(value, list | tuple):
+            lines = [str(v) for v in value]
+        else:
+            lines = str(value or "").replace(",", "\n").splitlines()
+        try:
+            return normalize_origins(lines)
+        except OriginError as error:
+            raise forms.ValidationError(str(error)) from None
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        try:
+            return self.to_python(initial) != self.to_python(data)
+        except forms.ValidationError:
+            return True

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import cast
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.core.files.storage import Storage, storages
 from django.core.signals import setting_changed
 from django.db import models
@@ -12,6 +14,11 @@ from django.dispatch import receiver
 from django.utils.crypto import salted_hmac
 from django.utils.functional import LazyObject, empty
 from pgvector.django import HalfVectorField
+
+
+def new_publishable_key() -> str:
+    """A catalog's widget key: ``pk_`` and 32 random URL-safe characters (192 bits)."""
+    return "pk_" + secrets.token_urlsafe(24)
 
 
 class Shop(models.Model):
@@ -31,6 +38,20 @@ class Catalog(models.Model):
     description = models.TextField(blank=True)
     # Anyone may search a public catalog; a private one only its shop's admins.
     is_public = models.BooleanField(default=True)
+    # The embeddable search widget (catalog/services/embed.py). The key is public (it is in the
+    # shop's page source): it only names the catalog; what protects the widget is that browsers
+    # send a true Origin, which must be one of the exact origins listed here.
+    publishable_key = models.CharField(
+        max_length=64, unique=True, default=new_publishable_key, editable=False
+    )
+    embed_origins = ArrayField(
+        models.CharField(max_length=300),
+        default=list,
+        blank=True,
+        verbose_name="allowed origins",
+        help_text="Exact origins (scheme://host[:port]) of the shop's pages that may embed "
+        "this catalog's search widget, one per line, e.g. https://shop.example",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

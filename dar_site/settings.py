@@ -19,6 +19,7 @@ from .env import (
     env_pg_size,
     env_str,
 )
+from .origin_names import OriginError, normalize_origins
 from .storage_config import storages_setting
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -74,6 +75,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Shops' widgets call the search API from their own sites (dar_site/cors.py).
+    "dar_site.cors.WidgetCorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -294,7 +297,22 @@ DAR_ANALYTICS_LOW_SCORE = env_float("DAR_ANALYTICS_LOW_SCORE", 0.2, min=-1.0, ma
 DAR_MAX_TURNS_PER_SESSION = env_int("DAR_MAX_TURNS_PER_SESSION", 30, min=1)
 DAR_RATE_LIMIT_TURNS = env_int("DAR_RATE_LIMIT_TURNS", 10, min=1)
 DAR_RATE_LIMIT_WINDOW = env_int("DAR_RATE_LIMIT_WINDOW", 60, min=1)
-DAR_WEBSOCKET_ALLOWED_ORIGINS = env_list("DAR_WEBSOCKET_ALLOWED_ORIGINS")
+
+
+def _exact_origins(name: str, values: list[str]) -> list[str]:
+    try:
+        return normalize_origins(values)
+    except OriginError as error:
+        raise EnvError(f"{name}: {error}") from None
+
+
+# Exact origins (scheme://host[:port]) besides our own pages' that may open search websockets;
+# shops' widgets are allowed per catalog instead (catalog admin, dar_site/origins.py).
+DAR_WEBSOCKET_ALLOWED_ORIGINS = _exact_origins(
+    "DAR_WEBSOCKET_ALLOWED_ORIGINS", env_list("DAR_WEBSOCKET_ALLOWED_ORIGINS")
+)
+# Search sessions a shop's widget may start per client address and rate-limit window.
+DAR_RATE_LIMIT_WIDGET_SESSIONS = env_int("DAR_RATE_LIMIT_WIDGET_SESSIONS", 20, min=1)
 # Search turns (retrieval/services/turns.py, pipeline.py). Per-address turn limit: several
 # shoppers may share one address (NAT, office), so it is looser than the per-session one.
 DAR_RATE_LIMIT_ADDRESS_TURNS = env_int(

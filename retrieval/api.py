@@ -9,18 +9,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.authentication import SessionScheme
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.authentication import (
+    BaseAuthentication,
+    BasicAuthentication,
+    SessionAuthentication,
+)
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from catalog.models import Catalog
+from dar_site.origin_names import origin_or_none
 from retrieval.api_schema import (
     CSRF_HINT,
     MESSAGE_EXAMPLE,
+    WIDGET_HINT,
     ClickOut,
     FeedbackOut,
     SessionOut,
@@ -28,7 +38,7 @@ from retrieval.api_schema import (
     errors,
 )
 from retrieval.models import SearchSession
-from retrieval.services import access, clicks, feedback, payloads, sessions, turns
+from retrieval.services import access, clicks, feedback, payloads, sessions, turns, widget
 from retrieval.services.errors import SearchError
 
 
@@ -49,6 +59,52 @@ class ShopperSessionAuthentication(SessionAuthentication):
             raise exceptions.PermissionDenied(
                 {"code": "csrf_failed", "message": f"{denied.detail} {CSRF_HINT}"}
             ) from None
+
+
+class WidgetClient:
+    """``request.auth`` of a shop's embedded widget: the key's catalog and the page's origin."""
+
+    def __init__(self, catalog: Catalog, origin: str, token: str | None) -> None:
+        self.catalog = catalog
+        self.origin = origin
+        self.token = token
+
+
+class WidgetAuthentication(BaseAuthentication):
+    """Requests carrying ``X-Dar-Key`` come from an embedded widget (retrieval/services/widget.py):
+    key and Origin are checked here, cookies are ignored, and no CSRF token is needed because no
+    cookie is trusted. Without the header, the other authentications apply."""
+
+    def authenticate(self, request: Request) -> tuple[AnonymousUser, WidgetClient] | None:
+        key = request.META.get("HTTP_X_DAR_KEY")
+        if key is None:
+            return None
+        origin = origin_or_none(request.META.get("HTTP_ORIGIN"))
+        try:
+            catalog = widget.widget_catalog(key, origin)
+        except SearchError as refused:
+            raise exceptions.PermissionDenied(
+                {"code": refused.code, "message": refused.message}
+            ) from None
+        assert origin is not None  # widget_catalog refuses requests without one
+        return AnonymousUser(), WidgetClient(
+            catalog, origin, request.META.get("HTTP_X_DAR_SESSION_TOKEN")
+        )
+
+
+class WidgetScheme(OpenApiAuthenticationExtension):
+    """Documents the widget's publishable key header (drf-spectacular)."""
+
+    target_class = "retrieval.api.WidgetAuthentication"
+    name = "widgetKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": widget.KEY_HEADER,
+            "description": WIDGET_HINT,
+        }
 
 
 class ShopperSessionScheme(SessionScheme):
@@ -83,7 +139,12 @@ class ClickIn(serializers.Serializer):
 
 
 class SearchAPIView(APIView):
-    authentication_classes = [BasicAuthentication, ShopperSessionAuthentication]
+    # The widget's key comes first: a widget request never falls back to a cookie.
+    authentication_classes = [
+        WidgetAuthentication,
+        BasicAuthentication,
+        ShopperSessionAuthentication,
+    ]
     # Access is decided per catalog and per session by retrieval.services.access.
     permission_classes = [AllowAny]
 
@@ -100,6 +161,9 @@ class SearchAPIView(APIView):
         return dict(data.items())
 
     def owned_session(self, request: Request, session_id: Any) -> SearchSession:
+        client = request.auth
+        if isinstance(client, WidgetClient):
+            return widget.session_for(session_id, client.catalog, client.token)
         return access.session_for(session_id, request.user, request.session.session_key)
 
 
@@ -107,12 +171,23 @@ class SessionCreateView(SearchAPIView):
     @extend_schema(
         summary="Start a search session in a catalog",
         description="The session belongs to the signed-in user, else to the client's cookie "
-        "session. " + CSRF_HINT,
+        "session. " + CSRF_HINT + " " + WIDGET_HINT,
         request=SessionIn,
         responses={201: SessionOut, **errors(400, 403, 404)},
     )
     def post(self, request: Request) -> Response:
-        catalog = sessions.catalog_for(self.body(request).get("catalog"), request.user)
+        client = request.auth
+        body = self.body(request)
+        if isinstance(client, WidgetClient):
+            # The key names the catalog; the token is the session's owner, given out only here.
+            session, token = widget.start_session(client.catalog, request.META.get("REMOTE_ADDR"))
+            body = {
+                **payloads.session_payload(session),
+                "token": token,
+                "max_chars": settings.DAR_MAX_MESSAGE_CHARS,
+            }
+            return Response(body, status=status.HTTP_201_CREATED)
+        catalog = sessions.catalog_for(body.get("catalog"), request.user)
         if not request.user.is_authenticated and not request.session.session_key:
             request.session.save()  # anonymous ownership needs a session key
         session = sessions.create_session(catalog, request.user, request.session.session_key)

@@ -110,6 +110,12 @@ CSRF_HINT = (
     "cookies, and send its csrfToken in the X-CSRFToken header. HTTP Basic clients need no token."
 )
 
+WIDGET_HINT = (
+    "A shop's embedded widget sends its catalog's publishable key in X-Dar-Key from a page whose "
+    "Origin the catalog allows (no cookie, no CSRF token); creating a session then also answers "
+    "a token, which the widget sends in X-Dar-Session-Token with every later request."
+)
+
 
 def errors(*statuses: int) -> dict[int, OpenApiResponse]:
     """The error answers of an endpoint, all in ``ErrorOut``'s shape."""

@@ -6,6 +6,11 @@ bad item is answered, with an error), ``{"type": "restore"}``. Server -> client:
 events (see retrieval/services/payloads.py), a ``state`` event on connect and on restore, and
 ``error`` events for bad input, after which the socket stays open.
 
+A shop's embedded widget (an origin some catalog allows, see dar_site/origins.py) carries no
+cookie: its first frame must be ``{"type": "auth", "key": <publishable key>, "token": <session
+token>}``; a wrong key, an origin the key's catalog does not allow, or a wrong token is refused like
+a foreign session (an ``error`` event, then close 4403).
+
 Another shopper's session (or a missing one) is refused at connect: the socket is accepted just
 long enough to send an ``error`` event, then closed with code 4403 (forbidden) or 4404 (not found)
 so the page can tell it apart from a dropped connection and stop reconnecting.
@@ -22,10 +27,12 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from retrieval.consumer_db import run_in_pool
 from retrieval.models import SearchSession
-from retrieval.services import access, clicks, events, feedback, payloads, turns
+from retrieval.services import access, clicks, events, feedback, payloads, turns, widget
 from retrieval.services.errors import SearchError
 
-CLOSE_CODES = {"forbidden": 4403, "not_found": 4404}
+CLOSE_CODES = {"forbidden": 4403, "not_found": 4404, "bad_key": 4403, "origin_not_allowed": 4403}
+# A widget's socket must send its auth frame this soon after opening.
+WIDGET_AUTH_TIMEOUT = 10.0
 # Joining the session's group needs Redis. Right after a Redis restart a pooled connection can
 # hang instead of failing; closing with 1011 after this long makes the page reconnect (on a fresh
 # connection) instead of sitting on a socket that will never receive events.
@@ -37,9 +44,19 @@ log = logging.getLogger(__name__)
 class SearchConsumer(AsyncWebsocketConsumer):
     session: SearchSession | None = None
     group: str | None = None
+    widget_origin: str | None = None
+    auth_timer: asyncio.TimerHandle
 
     async def connect(self) -> None:
         await self.accept()
+        self.widget_origin = self.scope.get("dar_widget_origin")
+        if self.widget_origin:
+            # A shop's widget (dar_site/origins.py let its origin through): nothing is sent until
+            # it proves key and token in its first frame, and a silent socket is closed.
+            self.auth_timer = asyncio.get_running_loop().call_later(
+                WIDGET_AUTH_TIMEOUT, lambda: asyncio.ensure_future(self._auth_timed_out())
+            )
+            return
         try:
             self.session = await run_in_pool(access.session_for)(
                 self.scope["url_route"]["kwargs"]["session_id"],
@@ -50,6 +67,10 @@ class SearchConsumer(AsyncWebsocketConsumer):
             await self._send(error.as_event())
             await self.close(code=CLOSE_CODES.get(error.code, 4400))
             return
+        await self._join()
+
+    async def _join(self) -> None:
+        assert self.session is not None
         group = events.group_name(self.session.pk)
         try:
             await asyncio.wait_for(
@@ -62,12 +83,40 @@ class SearchConsumer(AsyncWebsocketConsumer):
         self.group = group
         await self._send_state()
 
+    async def _authenticate_widget(self, text_data: str | None) -> None:
+        self.auth_timer.cancel()
+        assert self.widget_origin is not None  # only widget sockets authenticate
+        try:
+            data = _parse(text_data)
+            if data.get("type") != "auth":
+                raise SearchError("forbidden", 'Send {"type": "auth", "key", "token"} first.')
+            self.session = await run_in_pool(_widget_session)(
+                self.scope["url_route"]["kwargs"]["session_id"],
+                data.get("key"),
+                self.widget_origin,
+                data.get("token"),
+            )
+        except SearchError as error:
+            await self._send(error.as_event())
+            await self.close(code=CLOSE_CODES.get(error.code, 4403))
+            return
+        await self._join()
+
+    async def _auth_timed_out(self) -> None:
+        if self.session is None:
+            await self._send(SearchError("forbidden", "No auth frame was sent.").as_event())
+            await self.close(code=4403)
+
     async def disconnect(self, code: int) -> None:
+        if self.widget_origin:
+            self.auth_timer.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session is None:
+            if self.widget_origin:
+                await self._authenticate_widget(text_data)
             return
         try:
             await self._handle(_parse(text_data))
@@ -87,7 +136,8 @@ class SearchConsumer(AsyncWebsocketConsumer):
                 self.session, data.get("item"), data.get("value")
             )
         elif kind == "click":
-            await database_sync_to_async(clicks.record_click)(self.session, data.get("item"))
+            source = "widget" if self.widget_origin else "page"
+            await run_in_pool(clicks.record_click)(self.session, data.get("item"), source=source)
         elif kind == "restore":
             await self._send_state()
         else:
@@ -107,6 +157,11 @@ class SearchConsumer(AsyncWebsocketConsumer):
 
     async def _send(self, event: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(event))
+
+
+def _widget_session(session_id: object, key: object, origin: str, token: object) -> SearchSession:
+    catalog = widget.widget_catalog(key, origin)
+    return widget.session_for(session_id, catalog, token)
 
 
 def _state(session: SearchSession) -> dict[str, Any]:

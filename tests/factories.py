@@ -67,7 +67,8 @@ class CatalogItemFactory(factory.django.DjangoModelFactory[CatalogItem]):
         with Image.open(io.BytesIO(data)) as img:
             kwargs.setdefault("width", img.width)
             kwargs.setdefault("height", img.height)
-        # No positional model arguments here (factory_boy passes none without inline_args).
+        # factory_boy passes no positional arguments here (and mypy would read one as ``id``).
+        assert not args
         item = model_class(**kwargs)
         item.image.save(f"{kwargs['sha256']}.png", ContentFile(data), save=False)
         item.save()

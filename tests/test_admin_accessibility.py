@@ -40,6 +40,7 @@ def _data() -> tuple[str, list[str]]:
         reverse("admin:retrieval_searchsession_change", args=[turn.session_id]),
         reverse("admin:catalog_catalog_change", args=[catalog.pk]),
         reverse("admin:catalog_catalog_upload", args=[catalog.pk]),
+        reverse("admin:catalog_catalog_rotate_key", args=[catalog.pk]),
         reverse("admin:catalog_catalogitem_changelist"),
     ]
     return browser_session_key(admin), pages

@@ -18,6 +18,8 @@ class SearchError(Exception):
         "bad_feedback": 400,
         "bad_click": 400,
         "forbidden": 403,
+        "bad_key": 403,
+        "origin_not_allowed": 403,
         "not_found": 404,
         "too_many_turns": 409,
         "rate_limited": 429,

@@ -55,3 +55,17 @@ def check_turn_allowed(session_id: object, address: str | None) -> None:
                 "Please wait a moment and try again.",
                 retry_after=left,
             )
+
+
+def check_widget_session_allowed(address: str | None) -> None:
+    """Count one search session started by an embedded widget (anonymous, no cookie) against the
+    client's address; raise ``rate_limited`` over ``DAR_RATE_LIMIT_WIDGET_SESSIONS``."""
+    window = settings.DAR_RATE_LIMIT_WINDOW
+    limit = settings.DAR_RATE_LIMIT_WIDGET_SESSIONS
+    key = f"{settings.REDIS_PREFIX}:ratelimit:widget-sessions:address:{address or 'unknown'}"
+    if hit(key, window) > limit:
+        raise SearchError(
+            "rate_limited",
+            f"Too many new searches: at most {limit} every {window} seconds. "
+            "Please wait a moment and try again.",
+        )
