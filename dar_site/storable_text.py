@@ -30,7 +30,7 @@ def _text_problem(text: str) -> str | None:
 
 
 def unstorable_reason(value: Any, _depth: int = 0) -> str | None:
-    """Why ``value`` (a string, or JSON-like lists and dicts of them) cannot be stored, else None."""
+    """Why ``value`` (a string, or JSON lists and dicts of them) cannot be stored, else None."""
     if isinstance(value, str):
         return _text_problem(value)
     if _depth > MAX_DEPTH:
