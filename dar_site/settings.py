@@ -17,6 +17,7 @@ from .env import (
     env_list,
     env_path,
     env_pg_size,
+    env_rate,
     env_str,
 )
 from .storage_config import storages_setting
@@ -126,6 +127,15 @@ else:
 
 # A prefix keeps several instances (or parallel test runs) apart on one Redis server.
 REDIS_PREFIX = env_str("DAR_REDIS_PREFIX", "dar")
+# Django's cache (DRF's throttles count in it) lives in the same Redis, so a limit holds across
+# every web process instead of per process.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"{REDIS_PREFIX}:cache",
+    }
+}
 
 # redis-py 8 gives every socket read a 5 s timeout, exactly channels_redis's BZPOPMIN wait: an idle
 # consumer's receive would then fail with TimeoutError every 5 s and drop its websocket. Reads must
@@ -218,6 +228,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DAR_MAX_UPLOAD_FILES", 1000, min=1)
+# Request bodies over these are refused with 413 before they are read (dar_site/body_limit.py):
+# every request, and staff's requests to the catalog upload endpoints (images and zips).
+DAR_MAX_REQUEST_BYTES = env_int("DAR_MAX_REQUEST_BYTES", 2 * 1024 * 1024, min=1024)
+DAR_MAX_UPLOAD_REQUEST_BYTES = env_int("DAR_MAX_UPLOAD_REQUEST_BYTES", 2 * 1024**3, min=1024)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -234,6 +248,9 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    # Throttles key clients by REMOTE_ADDR, never by a client-sent X-Forwarded-For (DRF trusts it
+    # unless told how many proxies there are; the ASGI server resolves trusted proxies itself).
+    "NUM_PROXIES": 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "DAR search API",
@@ -290,6 +307,8 @@ DAR_HNSW_M = env_int("DAR_HNSW_M", 16, min=2, max=100)
 DAR_HNSW_EF_CONSTRUCTION = env_int("DAR_HNSW_EF_CONSTRUCTION", 128, min=4, max=1000)
 # Memory for building an HNSW index (PostgreSQL's maintenance_work_mem, for that build only).
 DAR_HNSW_BUILD_MEMORY = env_pg_size("DAR_HNSW_BUILD_MEMORY", "1GB")
+# New search sessions per anonymous client address (DRF throttle, counted in the Redis cache).
+DAR_SESSION_CREATE_RATE = env_rate("DAR_SESSION_CREATE_RATE", "20/min")
 DAR_MAX_MESSAGE_CHARS = env_int("DAR_MAX_MESSAGE_CHARS", 1000, min=1)
 DAR_TURN_TIME_LIMIT = env_int("DAR_TURN_TIME_LIMIT", 120, min=5)
 DAR_MAX_TURNS_PER_SESSION = env_int("DAR_MAX_TURNS_PER_SESSION", 30, min=1)

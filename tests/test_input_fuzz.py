@@ -181,7 +181,7 @@ def test_search_rest_bodies_always_get_a_clear_answer(no_task_queue: list[Any]) 
     with override_settings(DAR_RATE_LIMIT_ADDRESS_TURNS=10_000):
         check()
     # Nothing that was refused left a row behind, and the session still works.
-    stored = list(Turn.objects.filter(session_id=session_id).values_list("message", flat=True))
+    stored = list(Turn.objects.filter(session__pk=session_id).values_list("message", flat=True))
     assert all("\x00" not in message for message in stored)
     response = client.post(
         f"/api/search/sessions/{session_id}/messages/", {"text": "a hat"}, format="json"
