@@ -319,7 +319,7 @@ class CatalogItemAdmin(ShopScopedAdmin):
     @admin.display(description="")
     def thumbnail(self, obj: CatalogItem) -> str:
         return format_html(
-            '<img src="{}" alt="{}" style="height:48px;width:48px;object-fit:contain">',
+            '<img src="{}" alt="{}" class="dar-item-thumb" width="48" height="48">',
             obj.image.url,
             str(obj),
         )
@@ -327,7 +327,7 @@ class CatalogItemAdmin(ShopScopedAdmin):
     @admin.display(description="Image")
     def preview(self, obj: CatalogItem) -> str:
         return format_html(
-            '<img src="{}" alt="" style="max-height:320px;max-width:320px">', obj.image.url
+            '<img src="{}" alt="" class="dar-item-preview">', obj.image.url
         )
 
     def save_model(self, request: HttpRequest, obj: CatalogItem, form: Any, change: bool) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 
@@ -55,6 +57,15 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", n
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Served over HTTPS (what secure cookies already assume, so production by default; development,
+# tests and benchmarks on loopback HTTP turn secure cookies off and with them these): plain HTTP
+# is redirected and browsers are told to use HTTPS only (`manage.py check --deploy` is clean).
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", SESSION_COOKIE_SECURE)
+SECURE_HSTS_SECONDS = env_int(
+    "DJANGO_HSTS_SECONDS", 365 * 24 * 3600 if SESSION_COOKIE_SECURE else 0, min=0
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
 
 INSTALLED_APPS = [
     "daphne",
@@ -68,6 +79,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI / ReDoc assets served locally: no CDN
     "channels",
+    "axes",  # login lockout (admin, API Basic auth): see AXES_* below
+    "csp",  # Content-Security-Policy header
     "catalog",
     "retrieval",
     "workers",
@@ -82,6 +95,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dar_site.urls"
@@ -184,6 +200,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out username+address before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Lockout after this many wrong passwords for one username from one address, for this long
+# (attempts are stored in the database: admin "Access attempts"; a success resets the count).
+AXES_FAILURE_LIMIT = env_int("DAR_LOGIN_FAILURE_LIMIT", 5, min=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("DAR_LOGIN_COOLOFF_MINUTES", 15, min=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The client address is REMOTE_ADDR (set by the ASGI server), never a client-sent header.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+AXES_VERBOSE = False
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -259,6 +290,30 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+}
+
+# Content-Security-Policy (django-csp 4): scripts, styles, fonts and frames only from this origin,
+# no inline script or style (the pages, the admin and Swagger UI, whose assets and initialiser
+# come from drf-spectacular-sidecar and the split view, need none). Images: this origin, data: URIs
+# (icons of the admin and Swagger UI) and, with an object store, the media's origin; sockets and
+# fetches: this origin (ws/wss of the same host included).
+_MEDIA_ORIGINS = env_list("DAR_CSP_MEDIA_ORIGINS")
+if DAR_MEDIA_STORAGE == "s3" and env_str("DAR_S3_ENDPOINT_URL"):
+    _endpoint = urlsplit(env_str("DAR_S3_ENDPOINT_URL"))
+    _MEDIA_ORIGINS.append(f"{_endpoint.scheme}://{_endpoint.netloc}")
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", *_MEDIA_ORIGINS],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
 }
 
 LOGGING = {
