@@ -326,9 +326,7 @@ class CatalogItemAdmin(ShopScopedAdmin):
 
     @admin.display(description="Image")
     def preview(self, obj: CatalogItem) -> str:
-        return format_html(
-            '<img src="{}" alt="" class="dar-item-preview">', obj.image.url
-        )
+        return format_html('<img src="{}" alt="" class="dar-item-preview">', obj.image.url)
 
     def save_model(self, request: HttpRequest, obj: CatalogItem, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)

@@ -12,9 +12,7 @@ urlpatterns = [
     path("api/csrf/", CsrfView.as_view(), name="api-csrf"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves its initialiser as a script file: no inline script (CSP).
-    path(
-        "api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"
-    ),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("catalog.api_urls")),
     path("api/", include("retrieval.api_urls")),
     path("", include("retrieval.urls")),
