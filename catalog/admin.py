@@ -376,16 +376,14 @@ class CatalogItemAdmin(ShopScopedAdmin):
     @admin.display(description="")
     def thumbnail(self, obj: CatalogItem) -> str:
         return format_html(
-            '<img src="{}" alt="{}" style="height:48px;width:48px;object-fit:contain">',
+            '<img src="{}" alt="{}" class="dar-item-thumb" width="48" height="48">',
             obj.image.url,
             str(obj),
         )
 
     @admin.display(description="Image")
     def preview(self, obj: CatalogItem) -> str:
-        return format_html(
-            '<img src="{}" alt="" style="max-height:320px;max-width:320px">', obj.image.url
-        )
+        return format_html('<img src="{}" alt="" class="dar-item-preview">', obj.image.url)
 
     def save_model(self, request: HttpRequest, obj: CatalogItem, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)

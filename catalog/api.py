@@ -21,9 +21,11 @@ from drf_spectacular.utils import (
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+
+from dar_site.storable_text import StorableJSONParser
 
 from .models import Catalog, CatalogItem, Shop
 from .services import access, embedding, ingest, metadata, progress, reembed
@@ -170,7 +172,11 @@ class CatalogViewSet(viewsets.ModelViewSet):
             )
         },
     )
-    @action(detail=True, methods=["post"], parser_classes=[JSONParser, FormParser, MultiPartParser])
+    @action(
+        detail=True,
+        methods=["post"],
+        parser_classes=[StorableJSONParser, FormParser, MultiPartParser],
+    )
     def reembed(self, request: Request, slug: str | None = None) -> Response:
         catalog = self.get_object()
         params = ReembedSerializer(data=request.data)

@@ -15,10 +15,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from retrieval.routing import websocket_urlpatterns  # noqa: E402
 
+from .body_limit import BodyLimitMiddleware  # noqa: E402
 from .origins import OriginValidatorFromSettings  # noqa: E402
 
 # Static files come from WhiteNoise's middleware (compressed, with cache headers), everywhere.
-http_app = django_asgi_app
+# Oversized bodies are refused before Django's handler reads them (dar_site/body_limit.py).
+http_app = BodyLimitMiddleware(django_asgi_app)
 
 application = ProtocolTypeRouter(
     {

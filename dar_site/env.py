@@ -108,6 +108,27 @@ def env_pg_size(name: str, default: str) -> str:
     return value
 
 
+_RATE_PERIODS = {
+    "s": 1,
+    "sec": 1,
+    "m": 60,
+    "min": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+}
+
+
+def env_rate(name: str, default: str) -> str:
+    """A request rate as DRF's throttles spell it: ``20/min`` (periods s, min, hour, day)."""
+    value = env_str(name, default)
+    count, _, period = value.partition("/")
+    if not (count.isascii() and count.isdigit() and int(count) > 0 and period in _RATE_PERIODS):
+        raise EnvError(f"{name}={value!r} is not a rate (write it like 20/min, 100/hour or 5/s)")
+    return value
+
+
 def _check_range(name: str, number: float, low: float | None, high: float | None) -> None:
     if low is not None and number < low:
         raise EnvError(f"{name}={number} is below the minimum {low}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 
@@ -17,6 +19,7 @@ from .env import (
     env_list,
     env_path,
     env_pg_size,
+    env_rate,
     env_str,
 )
 from .origin_names import OriginError, normalize_origins
@@ -55,6 +58,15 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", n
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Served over HTTPS (what secure cookies already assume, so production by default; development,
+# tests and benchmarks on loopback HTTP turn secure cookies off and with them these): plain HTTP
+# is redirected and browsers are told to use HTTPS only (`manage.py check --deploy` is clean).
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", SESSION_COOKIE_SECURE)
+SECURE_HSTS_SECONDS = env_int(
+    "DJANGO_HSTS_SECONDS", 365 * 24 * 3600 if SESSION_COOKIE_SECURE else 0, min=0
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
 
 INSTALLED_APPS = [
     "daphne",
@@ -68,6 +80,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI / ReDoc assets served locally: no CDN
     "channels",
+    "axes",  # login lockout (admin, API Basic auth): see AXES_* below
+    "csp",  # Content-Security-Policy header
     "catalog",
     "retrieval",
     "workers",
@@ -84,6 +98,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dar_site.urls"
@@ -129,6 +146,15 @@ else:
 
 # A prefix keeps several instances (or parallel test runs) apart on one Redis server.
 REDIS_PREFIX = env_str("DAR_REDIS_PREFIX", "dar")
+# Django's cache (DRF's throttles count in it) lives in the same Redis, so a limit holds across
+# every web process instead of per process.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"{REDIS_PREFIX}:cache",
+    }
+}
 
 # redis-py 8 gives every socket read a 5 s timeout, exactly channels_redis's BZPOPMIN wait: an idle
 # consumer's receive would then fail with TimeoutError every 5 s and drop its websocket. Reads must
@@ -179,6 +205,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out username+address before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Lockout after this many wrong passwords for one username from one address, for this long
+# (attempts are stored in the database: admin "Access attempts"; a success resets the count).
+AXES_FAILURE_LIMIT = env_int("DAR_LOGIN_FAILURE_LIMIT", 5, min=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("DAR_LOGIN_COOLOFF_MINUTES", 15, min=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The client address is REMOTE_ADDR (set by the ASGI server), never a client-sent header.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+AXES_VERBOSE = False
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -223,6 +264,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DAR_MAX_UPLOAD_FILES", 1000, min=1)
+# Request bodies over these are refused with 413 before they are read (dar_site/body_limit.py):
+# every request, and staff's requests to the catalog upload endpoints (images and zips).
+DAR_MAX_REQUEST_BYTES = env_int("DAR_MAX_REQUEST_BYTES", 2 * 1024 * 1024, min=1024)
+DAR_MAX_UPLOAD_REQUEST_BYTES = env_int("DAR_MAX_UPLOAD_REQUEST_BYTES", 2 * 1024**3, min=1024)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -230,9 +275,18 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.BasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON bodies with text PostgreSQL cannot store (NUL, lone surrogates) are a 400, not a 500.
+    "DEFAULT_PARSER_CLASSES": [
+        "dar_site.storable_text.StorableJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    # Throttles key clients by REMOTE_ADDR, never by a client-sent X-Forwarded-For (DRF trusts it
+    # unless told how many proxies there are; the ASGI server resolves trusted proxies itself).
+    "NUM_PROXIES": 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "DAR search API",
@@ -241,6 +295,30 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+}
+
+# Content-Security-Policy (django-csp 4): scripts, styles, fonts and frames only from this origin,
+# no inline script or style (the pages, the admin and Swagger UI, whose assets and initialiser
+# come from drf-spectacular-sidecar and the split view, need none). Images: this origin, data: URIs
+# (icons of the admin and Swagger UI) and, with an object store, the media's origin; sockets and
+# fetches: this origin (ws/wss of the same host included).
+_MEDIA_ORIGINS = env_list("DAR_CSP_MEDIA_ORIGINS")
+if DAR_MEDIA_STORAGE == "s3" and env_str("DAR_S3_ENDPOINT_URL"):
+    _endpoint = urlsplit(env_str("DAR_S3_ENDPOINT_URL"))
+    _MEDIA_ORIGINS.append(f"{_endpoint.scheme}://{_endpoint.netloc}")
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", *_MEDIA_ORIGINS],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
 }
 
 LOGGING = {
@@ -289,6 +367,8 @@ DAR_HNSW_M = env_int("DAR_HNSW_M", 16, min=2, max=100)
 DAR_HNSW_EF_CONSTRUCTION = env_int("DAR_HNSW_EF_CONSTRUCTION", 128, min=4, max=1000)
 # Memory for building an HNSW index (PostgreSQL's maintenance_work_mem, for that build only).
 DAR_HNSW_BUILD_MEMORY = env_pg_size("DAR_HNSW_BUILD_MEMORY", "1GB")
+# New search sessions per anonymous client address (DRF throttle, counted in the Redis cache).
+DAR_SESSION_CREATE_RATE = env_rate("DAR_SESSION_CREATE_RATE", "20/min")
 DAR_MAX_MESSAGE_CHARS = env_int("DAR_MAX_MESSAGE_CHARS", 1000, min=1)
 DAR_TURN_TIME_LIMIT = env_int("DAR_TURN_TIME_LIMIT", 120, min=5)
 # Analysts' "nothing useful found" list: a done turn whose best final result scored below this

@@ -10,6 +10,8 @@ os.environ.setdefault("DAR_TEST_DB_NAME", f"test_dar_{_tag}")
 os.environ.setdefault("DAR_REDIS_PREFIX", f"dartest:{_tag}")
 os.environ.setdefault("DAR_MODEL_PROFILE", "offline")
 os.environ.setdefault("DJANGO_SECURE_COOKIES", "0")
+# Every test client talks from 127.0.0.1; tests/test_anonymous_limits.py sets its own rate.
+os.environ.setdefault("DAR_SESSION_CREATE_RATE", "100000/min")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests load the models they use; preloading all of them in every worker would only cost time.
 os.environ.setdefault("DAR_WARM_MODELS", "0")

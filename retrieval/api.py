@@ -7,6 +7,7 @@ needs the CSRF token, signed in or not (HTTP Basic clients carry no cookie and a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.conf import settings
@@ -40,6 +41,7 @@ from retrieval.api_schema import (
 from retrieval.models import SearchSession
 from retrieval.services import access, clicks, feedback, payloads, sessions, turns, widget
 from retrieval.services.errors import SearchError
+from retrieval.throttles import SessionCreateThrottle
 
 
 class ShopperSessionAuthentication(SessionAuthentication):
@@ -152,6 +154,16 @@ class SearchAPIView(APIView):
         if isinstance(exc, SearchError):
             headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
             return Response(exc.as_body(), status=exc.http_status, headers=headers)
+        if isinstance(exc, exceptions.Throttled):
+            wait = max(1, math.ceil(getattr(exc, "wait", None) or 1))
+            return Response(
+                {
+                    "code": "rate_limited",
+                    "message": f"Too many new searches from this address; try again in {wait} s.",
+                },
+                status=status.HTTP_429_TOO_MANY_REQUESTS,
+                headers={"Retry-After": str(wait)},
+            )
         return super().handle_exception(exc)
 
     def body(self, request: Request) -> dict[str, Any]:
@@ -168,12 +180,14 @@ class SearchAPIView(APIView):
 
 
 class SessionCreateView(SearchAPIView):
+    throttle_classes = [SessionCreateThrottle]
+
     @extend_schema(
         summary="Start a search session in a catalog",
         description="The session belongs to the signed-in user, else to the client's cookie "
         "session. " + CSRF_HINT + " " + WIDGET_HINT,
         request=SessionIn,
-        responses={201: SessionOut, **errors(400, 403, 404)},
+        responses={201: SessionOut, **errors(400, 403, 404, 429)},
     )
     def post(self, request: Request) -> Response:
         client = request.auth

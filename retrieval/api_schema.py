@@ -124,7 +124,8 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
         403: "No access (or, for cookie clients, a missing CSRF token: " + CSRF_HINT + ")",
         404: "No such catalog or session, or not yours.",
         409: "The session has reached its turn limit.",
-        429: "Too many messages; wait and retry.",
+        429: "Too many requests (messages, or new sessions from one address); wait for the "
+        "Retry-After header's seconds and retry.",
         503: "Search is overloaded: nothing was stored; send it again after Retry-After seconds.",
     }
     return {s: OpenApiResponse(ErrorOut, description=described[s]) for s in statuses}

@@ -25,6 +25,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from dar_site.storable_text import unstorable_reason
 from retrieval.consumer_db import run_in_pool
 from retrieval.models import SearchSession
 from retrieval.services import access, clicks, events, feedback, payloads, turns, widget
@@ -122,6 +123,13 @@ class SearchConsumer(AsyncWebsocketConsumer):
             await self._handle(_parse(text_data))
         except SearchError as error:
             await self._send(error.as_event())
+        except Exception:
+            # A bug must cost the shopper one frame, not the socket (an exception here would
+            # close it with 1006 and the page would reconnect into the same failure).
+            log.exception("search socket frame failed")
+            await self._send(
+                SearchError("server_error", "Something went wrong; please try again.").as_event()
+            )
 
     async def _handle(self, data: dict[str, Any]) -> None:
         assert self.session is not None
@@ -177,8 +185,13 @@ def _parse(text: str | None) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError:
         raise SearchError("bad_json", "That was not valid JSON.") from None
+    except RecursionError:
+        raise SearchError("bad_json", "That JSON is nested too deeply.") from None
     if not isinstance(data, dict):
         raise SearchError("bad_json", 'Send a JSON object such as {"type": "message", ...}.')
+    reason = unstorable_reason(data)
+    if reason:
+        raise SearchError("invalid_text", f"That frame {reason}.")
     return data
 
 

@@ -34,9 +34,9 @@ def search_page(request: HttpRequest, slug: str) -> HttpResponse:
         catalog = sessions.catalog_for(slug, request.user)
     except SearchError:
         raise Http404("No such catalog") from None
-    if not request.user.is_authenticated and not request.session.session_key:
-        # The page's search sessions belong to this key, so it must exist before the socket opens.
-        request.session.save()
+    # No session row is written for a page view: an anonymous shopper's session (and its key, which
+    # owns the search session) is created by the first POST to createSessionUrl, before the socket
+    # opens. A crawler or a flood of page views stores nothing.
     config = {
         "catalog": catalog.slug,
         "createSessionUrl": reverse("search-session-create"),

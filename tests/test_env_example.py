@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-READERS = "str|int|float|bool|choice|list|path|required|pg_size"
+READERS = "str|int|float|bool|choice|list|path|required|pg_size|rate"
 READ = re.compile(rf"env_(?:{READERS})\(\s*\"([A-Z][A-Z0-9_]+)\"")
 
 

@@ -15,6 +15,7 @@ class SearchError(Exception):
         "unknown_type": 400,
         "empty_message": 400,
         "message_too_long": 400,
+        "invalid_text": 400,
         "bad_feedback": 400,
         "bad_click": 400,
         "forbidden": 403,

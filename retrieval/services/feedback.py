@@ -18,8 +18,10 @@ def _item_id(value: Any) -> int:
     # bool is an int in Python; true/false is not an item id.
     if isinstance(value, bool):
         raise SearchError("bad_feedback", "Feedback needs the id of a result item.")
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    # ASCII digits only ("²" is a digit to str.isdigit but not to int()), and no more than a
+    # bigint holds (int() refuses thousands of digits).
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value) if len(value.strip()) <= 18 else 0
     if not isinstance(value, int) or value <= 0:
         raise SearchError("bad_feedback", "Feedback needs the id of a result item.")
     return value

@@ -31,6 +31,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from dar_site.storable_text import unstorable_reason
 from retrieval.models import SearchSession, Turn
 
 from . import admission, events, ratelimit
@@ -55,6 +56,9 @@ def clean_message(text: Any) -> str:
     text = text.strip()
     if not text:
         raise SearchError("empty_message", "Describe what you are looking for.")
+    reason = unstorable_reason(text)
+    if reason:
+        raise SearchError("invalid_text", f"That message {reason}; remove it and send again.")
     limit = settings.DAR_MAX_MESSAGE_CHARS
     if len(text) > limit:
         raise SearchError(
