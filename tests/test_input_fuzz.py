@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from dar_site.asgi import application
+from dar_site.input_ids import row_id
 from retrieval.models import SearchSession, Turn
 from retrieval.services import turns
 from tests.factories import (
@@ -108,6 +109,37 @@ def shopper_with_session(catalog_slug: str) -> tuple[APIClient, str]:
     return client, str(response.json()["id"])
 
 
+# --- row ids: one rule for every endpoint and frame ------------------------------------------
+
+
+@hypothesis_settings(max_examples=200, derandomize=True)
+@given(value=JSON_VALUES | st.integers() | st.text())
+def test_row_id_is_a_bigint_or_nothing(value: Any) -> None:
+    parsed = row_id(value)
+    assert parsed is None or (type(parsed) is int and 0 < parsed < 2**63)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (7, 7),
+        ("7", 7),
+        (" 42 ", 42),
+        ("²", None),
+        ("٣", None),
+        (True, None),
+        (0, None),
+        (-3, None),
+        (2**63, None),
+        ("9" * 19, None),
+        (str(2**63 - 1), 2**63 - 1),
+        (1.0, None),
+    ],
+)
+def test_row_id_cases(value: Any, expected: int | None) -> None:
+    assert row_id(value) == expected
+
+
 # --- the cases found by hand ----------------------------------------------------------------
 
 
@@ -120,6 +152,10 @@ def shopper_with_session(catalog_slug: str) -> tuple[APIClient, str]:
         ("sessions", {"catalog": "9" * 5000}),
         ("feedback", {"item": "²", "value": 1}),
         ("feedback", {"item": "9" * 5000, "value": 1}),
+        ("feedback", {"item": 2**70, "value": 1}),
+        ("clicks", {"item": "²"}),
+        ("clicks", {"item": "9" * 19}),
+        ("clicks", {"item": 2**70}),
         ("messages", {"text": "a red\x00 dress"}),
         ("messages", {"text": "a red \ud800 dress"}),
     ],
@@ -133,6 +169,7 @@ def test_inputs_that_crashed_get_a_clear_400(
     path = {
         "sessions": "/api/search/sessions/",
         "feedback": f"/api/search/sessions/{session_id}/feedback/",
+        "clicks": f"/api/search/sessions/{session_id}/clicks/",
         "messages": f"/api/search/sessions/{session_id}/messages/",
     }[endpoint]
     response = client.post(path, json.dumps(body), content_type="application/json")
@@ -162,6 +199,10 @@ def test_search_rest_bodies_always_get_a_clear_answer(no_task_queue: list[Any]) 
         f"/api/search/sessions/{session_id}/feedback/": (
             bodies({"item": ids, "value": st.sampled_from([1, -1, 0, True, "1"])}),
             (200,),
+        ),
+        f"/api/search/sessions/{session_id}/clicks/": (
+            bodies({"item": ids, "source": st.sampled_from(["page", "widget"]) | JSON_VALUES}),
+            (201,),
         ),
     }
 
@@ -297,6 +338,11 @@ def frames(item_id: int) -> st.SearchStrategy[str]:
                 "item": st.sampled_from([item_id, str(item_id)]) | JSON_VALUES,
                 "value": st.sampled_from([1, -1, 0]) | JSON_VALUES,
             },
+        ),
+        # The item was never shown in this session: every click is refused, with a reason.
+        st.fixed_dictionaries(
+            {"type": st.just("click")},
+            optional={"item": st.sampled_from([item_id, str(item_id)]) | JSON_VALUES},
         ),
         st.fixed_dictionaries({"type": st.just("restore")}, optional={"extra": JSON_VALUES}),
         st.fixed_dictionaries({"type": JSON_VALUES}),

@@ -116,7 +116,7 @@ def test_search_page_layout_at_each_width(
         assert composer is not None and composer["y"] + composer["height"] <= height
 
         # Lazy images have loaded once every card was on screen; now the whole page is drawn.
-        page.wait_for_function("[...document.images].every(i => i.complete)", timeout=30_000)
+        page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=30_000)
         shot_path = tmp_path / f"search-{device}.png"
         page.screenshot(path=str(shot_path), full_page=True)
         if target := os.environ.get(SHOTS_ENV):

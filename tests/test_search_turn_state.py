@@ -53,7 +53,7 @@ def test_a_running_turn_holds_the_composer_until_it_is_done(page: Any) -> None:
         # Overload: the page says where the turn waits.
         _emit(session_id, {"type": "turn.queued", "turn": 0, "position": 3, "expected_wait_s": 12})
         page.wait_for_function(
-            "document.getElementById('composer-status').textContent.includes('position 3')"
+            "() => document.getElementById('composer-status').textContent.includes('position 3')"
         )
         assert "about 12 s" in page.locator("#composer-status").inner_text()
 
@@ -109,7 +109,9 @@ def test_staff_see_the_stage_timings(page: Any) -> None:
     staff = off_loop(lambda: UserFactory.create(is_staff=True, is_superuser=True))
     with live_server() as server:
         open_stored_search(page, server, user=staff)
-        page.wait_for_function("document.getElementById('timings').textContent.includes('105 ms')")
+        page.wait_for_function(
+            "() => document.getElementById('timings').textContent.includes('105 ms')"
+        )
         assert "refine 2.3 s" in page.locator("#timings").inner_text()
 
 

@@ -304,7 +304,7 @@ def test_the_page_shows_the_line_and_gives_a_refused_message_back(settings: Any)
         page.press("#message", "Enter")
         status = page.locator("#composer-status")
         page.wait_for_function(
-            "document.getElementById('composer-status').textContent.includes('position 2')"
+            "() => document.getElementById('composer-status').textContent.includes('position 2')"
         )
         assert "about 14 s" in status.inner_text()
         assert status.get_attribute("role") == "status"
@@ -314,6 +314,6 @@ def test_the_page_shows_the_line_and_gives_a_refused_message_back(settings: Any)
         # A reload restores the same place from the state.
         page.reload()
         page.wait_for_function(
-            "document.getElementById('composer-status').textContent.includes('position 2')"
+            "() => document.getElementById('composer-status').textContent.includes('position 2')"
         )
         assert page.locator("#send").is_disabled()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dar_site.input_ids import row_id
 from retrieval.models import ProductClick, SearchSession, TurnResult
 
 from .errors import SearchError
@@ -20,14 +21,10 @@ SOURCES = ("page", "widget")
 
 
 def _item_id(value: Any) -> int:
-    # bool is an int in Python; true/false is not an item id.
-    if isinstance(value, bool):
+    item_id = row_id(value)
+    if item_id is None:
         raise SearchError("bad_click", "A click needs the id of a result item.")
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or value <= 0:
-        raise SearchError("bad_click", "A click needs the id of a result item.")
-    return value
+    return item_id
 
 
 def record_click(session: SearchSession, item: Any, *, source: Any = "page") -> dict[str, Any]:

@@ -8,6 +8,7 @@ from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import OuterRef
 
 from catalog.models import CatalogItem
+from dar_site.input_ids import row_id
 from retrieval.models import Feedback, SearchSession
 
 from . import events
@@ -15,16 +16,10 @@ from .errors import SearchError
 
 
 def _item_id(value: Any) -> int:
-    # bool is an int in Python; true/false is not an item id.
-    if isinstance(value, bool):
+    item_id = row_id(value)
+    if item_id is None:
         raise SearchError("bad_feedback", "Feedback needs the id of a result item.")
-    # ASCII digits only ("²" is a digit to str.isdigit but not to int()), and no more than a
-    # bigint holds (int() refuses thousands of digits).
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value) if len(value.strip()) <= 18 else 0
-    if not isinstance(value, int) or value <= 0:
-        raise SearchError("bad_feedback", "Feedback needs the id of a result item.")
-    return value
+    return item_id
 
 
 def record_feedback(session: SearchSession, item: Any, value: Any) -> dict[str, Any]:

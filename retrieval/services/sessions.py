@@ -7,6 +7,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from catalog.models import Catalog
+from dar_site.input_ids import row_id
 from dar_site.storable_text import unstorable_reason
 from retrieval.models import SearchSession
 
@@ -24,13 +25,6 @@ def searchable_catalogs(user: Any) -> QuerySet[Catalog]:
     return catalogs.filter(is_public=True)
 
 
-def _numeric_id(ref: Any) -> int | None:
-    # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses. More than 18
-    # digits cannot be a bigint primary key (and int() refuses several thousand).
-    text = str(ref).strip() if isinstance(ref, int | str) and not isinstance(ref, bool) else ""
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
-
-
 def catalog_for(ref: Any, user: Any) -> Catalog:
     """A catalog by slug (or numeric id) that this user may search."""
     if isinstance(ref, str) and unstorable_reason(ref):
@@ -38,7 +32,7 @@ def catalog_for(ref: Any, user: Any) -> Catalog:
     catalog = None
     if isinstance(ref, str) and ref.strip():
         catalog = Catalog.objects.select_related("shop").filter(slug=ref.strip()).first()
-    pk = _numeric_id(ref) if catalog is None else None
+    pk = row_id(ref) if catalog is None else None
     if pk is not None:
         catalog = Catalog.objects.select_related("shop").filter(pk=pk).first()
     # A private catalog answers exactly like a missing one, so slugs cannot be probed.
