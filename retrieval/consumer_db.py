@@ -19,6 +19,7 @@ left with autocommit off, is closed after the call, as ``close_old_connections``
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -53,3 +54,19 @@ def run_in_pool(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """``func`` as a coroutine function that runs on the consumers' database pool."""
     executor = pool(POOL_NAME, settings.DAR_WS_DB_THREADS)
     return _PoolCall(func, thread_sensitive=False, executor=executor)
+
+
+def close_connections() -> None:
+    """Close the connections the pool's threads keep (test teardown: a kept connection holds the
+    test database open, so it cannot be dropped). Each thread closes its own: a barrier holds
+    every task until all have started, so no thread takes two."""
+    executor = pool(POOL_NAME, settings.DAR_WS_DB_THREADS)
+    threads = int(settings.DAR_WS_DB_THREADS)
+    barrier = threading.Barrier(threads, timeout=10)
+
+    def close() -> None:
+        connections.close_all()
+        barrier.wait()
+
+    for future in [executor.submit(close) for _ in range(threads)]:
+        future.result()

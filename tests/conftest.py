@@ -45,6 +45,16 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _close_consumer_pool_connections(django_db_setup: Any) -> Iterator[None]:
+    """The consumers' database pool keeps its threads' connections; close them before the test
+    database is dropped (torn down before ``django_db_setup``, which this depends on)."""
+    yield
+    from retrieval.consumer_db import close_connections
+
+    close_connections()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _test_media_root() -> Iterator[None]:
     """Uploaded and generated files of this run live in a folder of its own, removed at the end."""
     import shutil
