@@ -19,7 +19,7 @@ from django.utils.html import format_html
 
 from .forms import UploadImagesForm
 from .models import Catalog, CatalogItem, ItemEmbedding, Shop
-from .services import access, embedding, ingest, progress
+from .services import access, embedding, feeds, progress, uploads
 from .services.encoder import active_encoder_name
 
 
@@ -223,21 +223,26 @@ class CatalogAdmin(ShopScopedAdmin):
         catalog = self.get_object(request, unquote(object_id))
         if catalog is None or not self.has_change_permission(request, catalog):
             raise Http404("No such catalog.")
-        report = None
+        report = sync_report = None
         if request.method == "POST":
             form = UploadImagesForm(request.POST, request.FILES)
             if form.is_valid():
                 data = form.cleaned_data
-                report = ingest.import_uploads(
-                    catalog,
-                    data["images"],
-                    title=data["title"],
-                    description=data["description"],
-                    attributes=data["attributes"],
-                )
-                level = messages.SUCCESS if not report.rejected else messages.WARNING
-                self.message_user(request, f"Upload finished: {report.summary()}.", level)
-                form = UploadImagesForm()
+                try:
+                    outcome = uploads.handle(
+                        catalog,
+                        data["images"],
+                        title=data["title"],
+                        description=data["description"],
+                        attributes=data["attributes"],
+                    )
+                except (uploads.UploadRefused, feeds.FeedError) as exc:
+                    self.message_user(request, f"Upload refused: {exc}", messages.ERROR)
+                else:
+                    report, sync_report = outcome.imported, outcome.synced
+                    level = messages.WARNING if outcome.has_problems else messages.SUCCESS
+                    self.message_user(request, f"Upload finished: {outcome.summary()}.", level)
+                    form = UploadImagesForm()
         else:
             form = UploadImagesForm()
         context = {
@@ -247,6 +252,7 @@ class CatalogAdmin(ShopScopedAdmin):
             "original": catalog,
             "form": form,
             "report": report,
+            "sync_report": sync_report.as_dict() if sync_report else None,
             "progress": progress.counts(catalog),
             "has_view_permission": True,
         }

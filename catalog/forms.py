@@ -29,9 +29,11 @@ class MultipleFileField(forms.FileField):
 
 class UploadImagesForm(forms.Form):
     images = MultipleFileField(
-        label="Images or zip archives",
+        label="Images, zip archives or a feed",
         help_text="Select many files at once; zip archives are unpacked. Files are judged by "
-        "their content: anything that is not a sound raster image is reported, not stored.",
+        "their content: anything that is not a sound raster image is reported, not stored. "
+        "Add one CSV/JSONL manifest to give the images titles, or upload a product feed "
+        "(Merchant Center TSV/XML, Shopify CSV) alone or beside its images to sync products.",
         allow_empty_file=True,  # an empty file is reported as rejected, not a form error
     )
     title = forms.CharField(

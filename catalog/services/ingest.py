@@ -90,6 +90,10 @@ def _store_files(item: CatalogItem, image: validation.NormalisedImage, original:
     )
 
 
+# The feed sync (``sync``) stores product pictures the same way.
+store_item_files = _store_files
+
+
 def _new_item(
     catalog: Catalog, candidate: Candidate, image: validation.NormalisedImage
 ) -> CatalogItem:
