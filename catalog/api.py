@@ -26,7 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .models import Catalog, CatalogItem, Shop
-from .services import access, embedding, ingest, metadata, progress, reembed
+from .services import access, embedding, facets, ingest, metadata, progress, reembed
 
 # --- Serializers ------------------------------------------------------------------------------
 
@@ -166,6 +166,15 @@ class CatalogViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["get"])
     def progress(self, request: Request, slug: str | None = None) -> Response:
         return Response(progress.counts(self.get_object()))
+
+    @extend_schema(
+        summary="Attribute facets (names, types, values seen) of the catalog's available items",
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    @action(detail=True, methods=["get"])
+    def facets(self, request: Request, slug: str | None = None) -> Response:
+        found = facets.catalog_facets(self.get_object())
+        return Response({"facets": [facet.as_dict() for facet in found]})
 
     @extend_schema(
         summary="Re-embed with the current encoder",

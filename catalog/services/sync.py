@@ -325,7 +325,7 @@ def due_catalogs() -> list[int]:
         .filter(feed_interval_minutes__isnull=False, feed_interval_minutes__gt=0)
         .values_list("pk", "feed_interval_minutes", "feed_synced_at")
     ):
-        if synced is None or synced + timedelta(minutes=int(interval)) <= now:
+        if synced is None or synced + timedelta(minutes=int(interval or 0)) <= now:
             due.append(int(pk))
     return due
 

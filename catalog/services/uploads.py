@@ -154,19 +154,20 @@ def _manifest(
         if isinstance(row, str):
             problems.append(sources.Candidate(f"manifest:{number}", rejection=row))
             continue
-        path, meta = sources.manifest_meta(row)
+        path, row_meta = sources.manifest_meta(row)
         if not path:
             problems.append(
                 sources.Candidate(f"manifest:{number}", rejection="manifest row has no path")
             )
             continue
-        by_path[path.replace("\\", "/").lstrip("./")] = meta
+        by_path[path.replace("\\", "/").removeprefix("./")] = row_meta
     matched: set[str] = set()
     for candidate in candidates:
         key = _entry_key(candidate.path)
-        meta = by_path.get(key) or by_path.get(key.rsplit("/", 1)[-1])
-        if meta is None:
+        found = by_path.get(key) or by_path.get(key.rsplit("/", 1)[-1])
+        if found is None:
             continue
+        meta = found
         matched.add(key if key in by_path else key.rsplit("/", 1)[-1])
         candidate.title = meta["title"] or candidate.title
         candidate.description = meta["description"] or candidate.description
