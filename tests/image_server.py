@@ -20,7 +20,7 @@ class ImageServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 server.hits[path] = server.hits.get(path, 0) + 1
                 route = server.routes.get(path)

@@ -38,9 +38,11 @@ def test_an_allowed_local_host_is_fetched(server: ImageServer) -> None:
 
 def test_loopback_is_refused_without_the_setting(server: ImageServer) -> None:
     url = server.add("/a.png", image_bytes())
-    with override_settings(DAR_FETCH_ALLOWED_HOSTS=[]):
-        with pytest.raises(fetch.FetchError, match="private, loopback or link-local"):
-            fetch.fetch(url)
+    with (
+        override_settings(DAR_FETCH_ALLOWED_HOSTS=[]),
+        pytest.raises(fetch.FetchError, match="private, loopback or link-local"),
+    ):
+        fetch.fetch(url)
     assert server.hits.get("/a.png") is None  # refused before connecting
     with override_settings(DAR_FETCH_ALLOWED_HOSTS=["127.0.0.1"]):
         assert fetch.fetch(url) == image_bytes()
@@ -71,7 +73,7 @@ def test_other_schemes_are_refused(url: str) -> None:
 
 def test_a_redirect_to_a_private_address_is_refused(server: ImageServer) -> None:
     url = server.redirect("/go", "http://10.0.0.1/secret.png")
-    with pytest.raises(fetch.FetchError, match="10.0.0.1"):
+    with pytest.raises(fetch.FetchError, match=r"10\.0\.0\.1"):
         fetch.fetch(url, limits=limits())
     assert server.hits["/go"] == 1
 
@@ -102,7 +104,7 @@ def test_too_big_is_refused(server: ImageServer, declare: bool) -> None:
 def test_a_slow_trickle_is_refused(server: ImageServer) -> None:
     # Each byte arrives well within a per-read timeout; the whole body would take 20 s.
     url = server.trickle("/slow.png", image_bytes(), pause=0.1)
-    with pytest.raises(fetch.FetchError, match="took longer than 0.5 s"):
+    with pytest.raises(fetch.FetchError, match=r"took longer than 0\.5 s"):
         fetch.fetch(url, limits=limits(timeout=0.5))
 
 

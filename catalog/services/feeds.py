@@ -323,6 +323,7 @@ def _shopify(text: str, default_currency: str) -> Feed:
     products: dict[str, ProductRow] = {}
     prices: dict[str, list[Decimal]] = {}
     stock: dict[str, list[int | None]] = {}
+    option_names: dict[str, dict[int, str]] = {}
     for number, raw in _delimited(text, ","):
         if isinstance(raw, str):
             feed.errors.append(RowError(number, raw))
@@ -366,8 +367,13 @@ def _shopify(text: str, default_currency: str) -> Feed:
         if price is not None:
             variant["price"] = str(price)
             prices[handle].append(price)
+        names = option_names.setdefault(handle, {})
         for n in (1, 2, 3):
-            name, value = row.get(f"Option{n} Name", ""), row.get(f"Option{n} Value", "")
+            # Only a product's first row names its options; variant rows give the values.
+            name = names.setdefault(n, row.get(f"Option{n} Name", "")) or row.get(
+                f"Option{n} Name", ""
+            )
+            value = row.get(f"Option{n} Value", "")
             if value and value != "Default Title":
                 option = normalise_key(name or f"option{n}")
                 variant[option] = value
