@@ -51,15 +51,16 @@ SHOPIFY = (
 
 def test_merchant_tsv_rows_and_row_errors() -> None:
     data = (
-        "id\ttitle\tlink\timage_link\tprice\tavailability\tbrand\tgoogle_product_category\tcolor\n"
-        "1\tShirt\thttps://s.example/1\thttps://c.example/1.jpg\t12.00 EUR\tin_stock\tX\t212\tred\n"
-        "2\tShirt\thttps://s.example/2\thttps://c.example/2.jpg\t12 XYZ\tin_stock\tX\t212\tred\n"
-        "3\tShirt\tjavascript:alert(1)\thttps://c.example/3.jpg\t1 EUR\tin_stock\tX\t212\tred\n"
-        "4\tShirt\thttps://s.example/4\thttps://c.example/4.jpg\t1,5 EUR\tsoon\tX\t212\tred\n"
-        "\tNo id\thttps://s.example/5\thttps://c.example/5.jpg\t1 EUR\tin_stock\tX\t212\tred\n"
-        "6\tShirt\thttps://s.example/6\thttps://c.example/6.jpg\t1 234,50 SEK\tout of stock\t"
-        "X\t212\tred\n"
-    ).encode()
+        b"id\ttitle\tlink\timage_link\tprice\tavailability\tbrand\tgoogle_product_category\tcolor\n"
+        b"1\tShirt\thttps://s.example/1\thttps://c.example/1.jpg\t12.00 EUR\tin_stock\tX\t212"
+        b"\tred\n"
+        b"2\tShirt\thttps://s.example/2\thttps://c.example/2.jpg\t12 XYZ\tin_stock\tX\t212\tred\n"
+        b"3\tShirt\tjavascript:alert(1)\thttps://c.example/3.jpg\t1 EUR\tin_stock\tX\t212\tred\n"
+        b"4\tShirt\thttps://s.example/4\thttps://c.example/4.jpg\t1,5 EUR\tsoon\tX\t212\tred\n"
+        b"\tNo id\thttps://s.example/5\thttps://c.example/5.jpg\t1 EUR\tin_stock\tX\t212\tred\n"
+        b"6\tShirt\thttps://s.example/6\thttps://c.example/6.jpg\t1 234,50 SEK\tout of stock\t"
+        b"X\t212\tred\n"
+    )
     feed = feeds.parse(data, "feed.tsv")
     assert feed.kind == "merchant_tsv"
     first, last = feed.rows
@@ -221,11 +222,11 @@ def test_admin_upload_of_a_feed_beside_its_images_syncs(
 ) -> None:
     client, catalog = owner_client
     feed = (
-        "id\ttitle\tlink\timage_link\tprice\tavailability\n"
-        "d1\tRed dress\thttps://s.example/d1\tred.png\t35.00 EUR\tin_stock\n"
-        "d2\tBlue dress\thttps://s.example/d2\tblue.png\t45.00 EUR\tbackorder\n"
-        "d3\tNo picture\thttps://s.example/d3\tnone.png\t5.00 EUR\tin_stock\n"
-    ).encode()
+        b"id\ttitle\tlink\timage_link\tprice\tavailability\n"
+        b"d1\tRed dress\thttps://s.example/d1\tred.png\t35.00 EUR\tin_stock\n"
+        b"d2\tBlue dress\thttps://s.example/d2\tblue.png\t45.00 EUR\tbackorder\n"
+        b"d3\tNo picture\thttps://s.example/d3\tnone.png\t5.00 EUR\tin_stock\n"
+    )
     files = [
         SimpleUploadedFile("red.png", image_bytes("RGB", (9, 9), (250, 0, 0))),
         SimpleUploadedFile("blue.png", image_bytes("RGB", (9, 9), (0, 0, 250))),
