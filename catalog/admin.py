@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from .forms import UploadImagesForm
+from .forms import CatalogAdminForm, UploadImagesForm
 from .models import Catalog, CatalogItem, ItemEmbedding, Shop
 from .services import access, embedding, feeds, progress, uploads
 from .services.encoder import active_encoder_name
@@ -101,8 +101,9 @@ class CatalogAdmin(ShopScopedAdmin):
     list_filter = ["is_public", ("shop", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ("name",)}
-    readonly_fields = ["embedding_progress", "created_at"]
-    actions = ["reembed_stale", "reembed_failed", "reembed_all"]
+    readonly_fields = ["embedding_progress", "feed_synced_at", "feed_summary", "created_at"]
+    actions = ["reembed_stale", "reembed_failed", "reembed_all", "sync_feed_now"]
+    form = CatalogAdminForm
     change_form_template = "admin/catalog/catalog/change_form.html"
 
     def _shop_of(self, obj: Catalog) -> Shop:
@@ -133,6 +134,35 @@ class CatalogAdmin(ShopScopedAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return self._may(request, None)
+
+    def get_form(
+        self, request: HttpRequest, obj: Any | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form: Any = super().get_form(request, obj, change, **kwargs)
+        form.allow_paths = bool(request.user.is_superuser)
+        return form
+
+    @admin.display(description="Last feed sync")
+    def feed_summary(self, obj: Catalog) -> str:
+        report = obj.feed_report or {}
+        if not report:
+            return "-"
+        return (
+            f"{report.get('added', 0)} added, {report.get('updated', 0)} updated, "
+            f"{report.get('unchanged', 0)} unchanged, {report.get('removed', 0)} removed, "
+            f"{len(report.get('failed', []))} failed"
+        )
+
+    @admin.action(description="Sync product feed now")
+    def sync_feed_now(self, request: HttpRequest, queryset: QuerySet[Catalog]) -> None:
+        queued = 0
+        for catalog in queryset:
+            if catalog.feed_location and self.has_change_permission(request, catalog):
+                uploads.queue_sync(catalog.pk)
+                queued += 1
+        self.message_user(
+            request, f"Queued {queued} feed sync(s); catalogs without a feed skipped."
+        )
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "shop":
@@ -266,16 +296,18 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "__str__",
         "title",
         "catalog",
+        "product_id",
+        "price",
+        "currency",
+        "availability",
         "status",
-        "width",
-        "height",
         "created_at",
     ]
     list_display_links = ["thumbnail", "__str__"]
     # Titles in bulk: each changed row goes through save_model, which re-embeds its text.
     list_editable = ["title"]
-    list_filter = ["status", ("catalog", admin.RelatedOnlyFieldListFilter)]
-    search_fields = ["title", "source_name", "sha256"]
+    list_filter = ["status", "availability", ("catalog", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["title", "source_name", "sha256", "product_id", "brand"]
     list_select_related = ["catalog"]
     readonly_fields = [
         "preview",
@@ -286,6 +318,15 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "height",
         "status",
         "error",
+        # Product data comes from the shop's feed: an edit here would be undone by its next sync.
+        "product_id",
+        "product_url",
+        "price",
+        "currency",
+        "availability",
+        "brand",
+        "category",
+        "image_source",
         "created_at",
         "updated_at",
     ]
@@ -294,9 +335,17 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "catalog",
         "title",
         "description",
+        "product_id",
+        "product_url",
+        "price",
+        "currency",
+        "availability",
+        "brand",
+        "category",
         "attributes",
         "status",
         "error",
+        "image_source",
         "source_name",
         "sha256",
         "width",

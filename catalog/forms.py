@@ -50,3 +50,26 @@ class UploadImagesForm(forms.Form):
             return metadata.parse_attributes(self.cleaned_data.get("attributes") or "")
         except ValueError as exc:
             raise forms.ValidationError(str(exc)) from None
+
+
+class CatalogAdminForm(forms.ModelForm):
+    """The catalog's change form: a feed location on this server's disk is for superusers only
+    (a shop admin naming /etc/... must not make the server read it)."""
+
+    allow_paths = False  # set per request by CatalogAdmin.get_form
+
+    def clean_feed_location(self) -> str:
+        value = str(self.cleaned_data.get("feed_location") or "").strip()
+        if not value or value.lower().startswith(("http://", "https://")):
+            return value
+        if "://" in value or not self.allow_paths:
+            raise forms.ValidationError(
+                "Give an http(s) URL (a path on the server is for superusers only)."
+            )
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("feed_interval_minutes") and not data.get("feed_location"):
+            self.add_error("feed_interval_minutes", "A sync interval needs a feed location.")
+        return data

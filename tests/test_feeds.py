@@ -285,3 +285,32 @@ def test_an_unreadable_feed_is_refused_with_its_reason(owner_client: tuple[Clien
     client, catalog = owner_client
     response = _post(client, catalog, [SimpleUploadedFile("feed.xml", b"<rss><channel>")])
     assert "Upload refused: broken XML" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("location", "accepted"),
+    [("https://shop.example/feed.tsv", True), ("/etc/passwd", False), ("file:///x", False)],
+)
+def test_a_shop_admin_gives_a_feed_url_never_a_server_path(
+    owner_client: tuple[Client, Any], location: str, accepted: bool
+) -> None:
+    client, catalog = owner_client
+    response = client.post(
+        reverse("admin:catalog_catalog_change", args=[catalog.pk]),
+        {
+            "shop": catalog.shop.pk,
+            "name": catalog.name,
+            "slug": catalog.slug,
+            "description": "",
+            "is_public": "on",
+            "feed_location": location,
+            "feed_interval_minutes": "60",
+        },
+    )
+    catalog.refresh_from_db()
+    if accepted:
+        assert response.status_code == 302
+        assert (catalog.feed_location, catalog.feed_interval_minutes) == (location, 60)
+    else:
+        assert response.status_code == 200 and "superusers only" in response.content.decode()
+        assert catalog.feed_location == ""
