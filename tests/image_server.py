@@ -13,6 +13,13 @@ from typing import Any
 Route = Callable[[BaseHTTPRequestHandler], None]
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog of 5 drops the connections of a parallel fetcher (a SYN
+    # retried a second later): a real image host has a deep one.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class ImageServer:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
@@ -32,8 +39,7 @@ class ImageServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
