@@ -314,3 +314,35 @@ def test_a_shop_admin_gives_a_feed_url_never_a_server_path(
     else:
         assert response.status_code == 200 and "superusers only" in response.content.decode()
         assert catalog.feed_location == ""
+
+
+def test_sync_feed_command_reads_a_feed_file_and_its_images_beside_it(
+    tmp_path: Any, db: None
+) -> None:
+    from django.core.management import CommandError, call_command
+
+    catalog = CatalogFactory.create()
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(image_bytes("RGB", (9, 9), (1, 200, 3)))
+    feed = tmp_path / "feed.tsv"
+    feed.write_bytes(
+        b"id\ttitle\timage_link\tprice\na\tA\timg/a.png\t3.00 EUR\nb\tB\t../outside.png\t4.00 EUR\n"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    report = tmp_path / "report.json"
+    call_command(
+        "sync_feed",
+        "--catalog",
+        catalog.slug,
+        str(feed),
+        "--no-embed",
+        "--report",
+        str(report),
+        stdout=out,
+        stderr=err,
+    )
+    assert "1 added, 0 updated, 0 unchanged, 0 removed, 1 failed" in out.getvalue()
+    assert "row 3 b: image path escapes the feed's folder" in err.getvalue()
+    assert '"added": 1' in report.read_text()
+    with pytest.raises(CommandError, match="this catalog has none"):
+        call_command("sync_feed", "--catalog", catalog.slug)
