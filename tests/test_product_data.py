@@ -5,6 +5,7 @@ out-of-stock items never rank (filtered inside the ranking SQL, not after it).""
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from rest_framework.test import APIClient
 from catalog.models import CatalogItem
 from catalog.services import facets, feeds, vectors
 from retrieval.services import payloads
+from tests.browser import CHROMIUM, chromium, live_server, off_loop, open_stored_search
 from tests.factories import CatalogFactory, CatalogItemFactory, png_bytes, shop_admin
 
 pytestmark = pytest.mark.django_db
@@ -174,3 +176,36 @@ def test_out_of_stock_items_never_rank_with_product_text() -> None:
         k=20,
     )
     assert len(hits) == 19 and items[0].pk not in {h.item_id for h in hits}
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
+def test_search_page_cards_show_price_availability_and_open_the_product_page(
+    transactional_db: None, tmp_path: Path
+) -> None:
+    def make_products() -> None:
+        items = list(CatalogItem.objects.filter(catalog__slug="shapes").order_by("pk"))
+        for n, item in enumerate(items):
+            item.product_id = f"P{n}"
+            item.product_url = f"https://shop.example/p/{n}"
+            item.price, item.currency = Decimal("39.90") + n, "EUR"
+            item.availability = "preorder" if n == 1 else "in_stock"
+            item.brand = "ACME"
+            item.save()
+
+    with chromium() as browser, live_server() as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
+        open_stored_search(page, server, wait=False)
+        off_loop(make_products)
+        page.reload()
+        page.wait_for_selector("#results .result-card >> nth=23", timeout=30_000)
+        first, second = (
+            page.locator("#results .result-card").nth(0),
+            page.locator("#results .result-card").nth(1),
+        )
+        assert first.locator(".result-price").inner_text() == "€39.90"
+        assert "In stock" in first.locator(".result-offer").inner_text()
+        assert "Pre-order" in second.locator(".result-offer").inner_text()
+        assert first.locator("a.result-open").get_attribute("href") == "https://shop.example/p/0"
+        page.screenshot(path=str(tmp_path / "product-cards.png"))  # to look at (--basetemp)
