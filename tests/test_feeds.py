@@ -346,3 +346,24 @@ def test_sync_feed_command_reads_a_feed_file_and_its_images_beside_it(
     assert '"added": 1' in report.read_text()
     with pytest.raises(CommandError, match="this catalog has none"):
         call_command("sync_feed", "--catalog", catalog.slug)
+
+
+def test_rest_upload_of_a_feed_beside_its_images(owner_client: tuple[Client, Any]) -> None:
+    from rest_framework.test import APIClient
+
+    _, catalog = owner_client
+    api = APIClient()
+    api.force_authenticate(catalog.shop.admins.get())
+    url = f"/api/catalogs/{catalog.slug}/items/"
+    feed = b"id\ttitle\timage_link\tprice\nx1\tX\tx.png\t2.50 CHF\n"
+    files = [
+        SimpleUploadedFile("x.png", image_bytes("RGB", (9, 9), (9, 99, 199))),
+        SimpleUploadedFile("feed.tsv", feed),
+    ]
+    response = api.post(url, {"files": files}, format="multipart")
+    assert response.status_code == 201, response.content
+    assert (response.json()["added"], response.json()["failed"]) == (1, [])
+    broken = api.post(
+        url, {"files": [SimpleUploadedFile("feed.xml", b"<rss>")]}, format="multipart"
+    )
+    assert broken.status_code == 400 and broken.json()["detail"].startswith("broken XML")
