@@ -227,11 +227,12 @@ def test_admin_upload_of_a_feed_beside_its_images_syncs(
         b"d2\tBlue dress\thttps://s.example/d2\tblue.png\t45.00 EUR\tbackorder\n"
         b"d3\tNo picture\thttps://s.example/d3\tnone.png\t5.00 EUR\tin_stock\n"
     )
-    files = [
-        SimpleUploadedFile("red.png", image_bytes("RGB", (9, 9), (250, 0, 0))),
-        SimpleUploadedFile("blue.png", image_bytes("RGB", (9, 9), (0, 0, 250))),
-        SimpleUploadedFile("feed.tsv", feed),
-    ]
+    contents = {
+        "red.png": image_bytes("RGB", (9, 9), (250, 0, 0)),
+        "blue.png": image_bytes("RGB", (9, 9), (0, 0, 250)),
+        "feed.tsv": feed,
+    }
+    files = [SimpleUploadedFile(name, data) for name, data in contents.items()]
     response = _post(client, catalog, files)
     assert response.status_code == 200
     assert response.context["sync_report"]["added"] == 2
@@ -244,7 +245,7 @@ def test_admin_upload_of_a_feed_beside_its_images_syncs(
         "backorder",
     )
     # Uploaded again: nothing changes.
-    files = [SimpleUploadedFile(f.name, f.file.getvalue()) for f in files]  # type: ignore[attr-defined]
+    files = [SimpleUploadedFile(name, data) for name, data in contents.items()]
     again = _post(client, catalog, files).context["sync_report"]
     assert (again["added"], again["updated"], again["unchanged"]) == (0, 0, 2)
 

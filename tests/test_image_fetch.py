@@ -126,7 +126,11 @@ def test_the_host_is_resolved_once_and_the_checked_address_used(
     def rebinding(host: str, *args: Any, **kwargs: Any) -> Any:
         calls.append(host)
         if host == "shop.example":
-            return real("127.0.0.1", *args, **kwargs) if len(calls) == 1 else real("10.9.9.9")
+            return (
+                real("127.0.0.1", *args, **kwargs)
+                if len(calls) == 1
+                else real("10.9.9.9", *args, **kwargs)
+            )
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
