@@ -147,6 +147,8 @@ class CatalogAdmin(ShopScopedAdmin):
         report = obj.feed_report or {}
         if not report:
             return "-"
+        if "error" in report:
+            return f"failed: {report['error']}"
         return (
             f"{report.get('added', 0)} added, {report.get('updated', 0)} updated, "
             f"{report.get('unchanged', 0)} unchanged, {report.get('removed', 0)} removed, "

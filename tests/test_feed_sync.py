@@ -156,3 +156,47 @@ def test_a_catalog_with_a_feed_location_is_synced_when_due(
     assert result["added"] == 3
     assert sync.due_catalogs() == []  # synced just now
     assert CatalogItem.objects.filter(catalog=due).count() == 3
+
+
+def test_a_second_sync_of_the_same_catalog_is_refused_while_one_runs(
+    server: ImageServer,
+) -> None:
+    import threading
+
+    from django.db import connection
+
+    from catalog.services import feeds
+
+    catalog = CatalogFactory.create()
+    holding, release = threading.Event(), threading.Event()
+
+    def other_sync() -> None:  # another worker, another database session
+        with sync._catalog_lock(catalog):
+            holding.set()
+            release.wait(30)
+        connection.close()
+
+    thread = threading.Thread(target=other_sync)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(feeds.FeedError, match="another sync of this catalog is running"):
+            sync.sync_feed(catalog, tsv(catalog_products(server, 1)), "f.tsv", embed=False)
+    finally:
+        release.set()
+        thread.join()
+    assert (
+        sync.sync_feed(catalog, tsv(catalog_products(server, 1)), "f.tsv", embed=False).added == 1
+    )
+
+
+def test_a_feed_location_that_fails_is_reported_on_the_catalog(server: ImageServer) -> None:
+    from workers.tasks.feeds import sync_feed
+
+    catalog = CatalogFactory.create(feed_location=server.url("/gone.tsv"), feed_interval_minutes=5)
+    assert sync_feed.apply(args=[catalog.pk]).get() == {
+        "error": "feed not fetched: HTTP 404 Not Found"
+    }
+    catalog.refresh_from_db()
+    assert catalog.feed_report == {"error": "feed not fetched: HTTP 404 Not Found"}
+    assert catalog.feed_synced_at is not None and sync.due_catalogs() == []

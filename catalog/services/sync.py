@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from catalog.models import Catalog, CatalogItem
@@ -258,8 +258,46 @@ def sync_feed(
     embed: bool = True,
     default_currency: str = "",
 ) -> SyncReport:
-    """Apply a feed to ``catalog`` and report what it did (``feeds.FeedError`` if unreadable)."""
+    """Apply a feed to ``catalog`` and report what it did (``feeds.FeedError`` if unreadable,
+    or while another sync of the same catalog runs)."""
     parsed = feeds.parse(data, name, default_currency=default_currency)
+    with _catalog_lock(catalog):
+        return _apply(catalog, parsed, reader, full=full, embed=embed)
+
+
+class SyncBusy(feeds.FeedError):
+    """Another sync of the catalog holds it; nothing was done (retry later)."""
+
+
+# First key of the session-level advisory locks taken by syncs (the second is the catalog id).
+_LOCK_SPACE = 0x0DA5F33D
+
+
+@contextlib.contextmanager
+def _catalog_lock(catalog: Catalog) -> Iterator[None]:
+    """One sync per catalog at a time (a beat run and an upload, two workers): the second is
+    refused at once rather than racing the first on the same product ids. Session-level, since a
+    sync commits chunk by chunk."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_SPACE, catalog.pk])
+        (locked,) = cursor.fetchone() or (False,)
+    if not locked:
+        raise SyncBusy("another sync of this catalog is running; try again when it ends")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LOCK_SPACE, catalog.pk])
+
+
+def _apply(
+    catalog: Catalog,
+    parsed: feeds.Feed,
+    reader: ImageReader | None,
+    *,
+    full: bool,
+    embed: bool,
+) -> SyncReport:
     run = _Sync(catalog, reader or image_reader(), embed=embed)
     run.report.kind = parsed.kind
     for error in parsed.errors:
@@ -312,8 +350,18 @@ def sync_catalog(catalog: Catalog) -> SyncReport:
     """Sync a catalog from its ``feed_location`` (the beat task, the admin's "Sync now")."""
     if not catalog.feed_location:
         raise feeds.FeedError("this catalog has no feed location")
-    data, name, reader = read_location(catalog.feed_location)
-    return sync_feed(catalog, data, name, reader=reader)
+    try:
+        data, name, reader = read_location(catalog.feed_location)
+        return sync_feed(catalog, data, name, reader=reader)
+    except SyncBusy:
+        raise
+    except feeds.FeedError as exc:
+        # Shown on the catalog's admin page; the items stay as they were. feed_synced_at moves
+        # on too, so a broken feed is retried at the next interval, not on every beat.
+        Catalog.objects.filter(pk=catalog.pk).update(
+            feed_synced_at=timezone.now(), feed_report={"error": str(exc)}
+        )
+        raise
 
 
 def due_catalogs() -> list[int]:
@@ -345,7 +393,13 @@ def sync_stored(catalog: Catalog, stored: str, name: str) -> SyncReport:
     with storage.open(stored, "rb") as handle:
         data = handle.read()
     try:
-        return sync_feed(catalog, data, name)
-    finally:
+        report = sync_feed(catalog, data, name)
+    except SyncBusy:
+        raise  # kept for the retry
+    except feeds.FeedError:
         with contextlib.suppress(OSError):
             storage.delete(stored)
+        raise
+    with contextlib.suppress(OSError):
+        storage.delete(stored)
+    return report
