@@ -181,6 +181,8 @@ def _url(text: str, what: str) -> str:
     value = text.strip()
     if not value:
         return ""
+    if len(value) > 2000:
+        raise RowRejected(f"{what} longer than 2,000 characters")
     try:
         _URL_OK(value)
     except ValidationError:
@@ -221,13 +223,16 @@ def product_from_row(number: int, raw: dict[str, Any], default_currency: str = "
             continue
         attributes[key] = value.strip() if isinstance(value, str) else value
     title = _first(row, _TITLE)
+    image = _first(row, _IMAGE)
+    if len(image) > 2000:
+        raise RowRejected("image_link longer than 2,000 characters")
     return ProductRow(
         row=number,
         product_id=product_id,
         title=title,
         description=strip_tags(_first(row, _DESCRIPTION)),
         product_url=_url(_first(row, _LINK), "link"),
-        image=_first(row, _IMAGE),
+        image=image,
         price=price,
         currency=code,
         availability=parse_availability(row.get("availability")),

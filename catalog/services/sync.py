@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from catalog.models import Catalog, CatalogItem
@@ -178,11 +178,15 @@ class _Sync:
                     self.fail(work.row.row, work.row.product_id, work.failure)
                     continue
                 try:
-                    if self._apply(work):
-                        to_embed.append(work.item.pk)  # type: ignore[union-attr]
-                except OSError as exc:
-                    log.exception("could not store the image of %s", work.row.product_id)
+                    # A savepoint per row: a row the database refuses fails alone.
+                    with transaction.atomic():
+                        new_picture = self._apply(work)
+                except (OSError, DatabaseError) as exc:
+                    log.exception("could not store product %s", work.row.product_id)
                     self.fail(work.row.row, work.row.product_id, f"could not store: {exc}")
+                    continue
+                if new_picture:
+                    to_embed.append(work.item.pk)  # type: ignore[union-attr]
             if self.embed and to_embed:
                 from .embedding import queue_items
 
