@@ -17,9 +17,9 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from .forms import OriginsField, UploadImagesForm
+from .forms import CatalogAdminForm, OriginsField, UploadImagesForm
 from .models import Catalog, CatalogItem, ItemEmbedding, Shop
-from .services import access, embed, embedding, ingest, progress
+from .services import access, embed, embedding, feeds, progress, uploads
 from .services.encoder import active_encoder_name
 
 
@@ -101,8 +101,15 @@ class CatalogAdmin(ShopScopedAdmin):
     list_filter = ["is_public", ("shop", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ("name",)}
-    readonly_fields = ["embedding_progress", "publishable_key", "created_at"]
-    actions = ["reembed_stale", "reembed_failed", "reembed_all"]
+    readonly_fields = [
+        "embedding_progress",
+        "publishable_key",
+        "feed_synced_at",
+        "feed_summary",
+        "created_at",
+    ]
+    actions = ["reembed_stale", "reembed_failed", "reembed_all", "sync_feed_now"]
+    form = CatalogAdminForm
     change_form_template = "admin/catalog/catalog/change_form.html"
 
     def _shop_of(self, obj: Catalog) -> Shop:
@@ -160,6 +167,37 @@ class CatalogAdmin(ShopScopedAdmin):
                 "public": catalog.is_public,
             }
         return super().change_view(request, object_id, form_url, context)
+
+    def get_form(
+        self, request: HttpRequest, obj: Any | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form: Any = super().get_form(request, obj, change, **kwargs)
+        form.allow_paths = bool(request.user.is_superuser)
+        return form
+
+    @admin.display(description="Last feed sync")
+    def feed_summary(self, obj: Catalog) -> str:
+        report = obj.feed_report or {}
+        if not report:
+            return "-"
+        if "error" in report:
+            return f"failed: {report['error']}"
+        return (
+            f"{report.get('added', 0)} added, {report.get('updated', 0)} updated, "
+            f"{report.get('unchanged', 0)} unchanged, {report.get('removed', 0)} removed, "
+            f"{len(report.get('failed', []))} failed"
+        )
+
+    @admin.action(description="Sync product feed now")
+    def sync_feed_now(self, request: HttpRequest, queryset: QuerySet[Catalog]) -> None:
+        queued = 0
+        for catalog in queryset:
+            if catalog.feed_location and self.has_change_permission(request, catalog):
+                uploads.queue_sync(catalog.pk)
+                queued += 1
+        self.message_user(
+            request, f"Queued {queued} feed sync(s); catalogs without a feed skipped."
+        )
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "shop":
@@ -280,21 +318,26 @@ class CatalogAdmin(ShopScopedAdmin):
         catalog = self.get_object(request, unquote(object_id))
         if catalog is None or not self.has_change_permission(request, catalog):
             raise Http404("No such catalog.")
-        report = None
+        report = sync_report = None
         if request.method == "POST":
             form = UploadImagesForm(request.POST, request.FILES)
             if form.is_valid():
                 data = form.cleaned_data
-                report = ingest.import_uploads(
-                    catalog,
-                    data["images"],
-                    title=data["title"],
-                    description=data["description"],
-                    attributes=data["attributes"],
-                )
-                level = messages.SUCCESS if not report.rejected else messages.WARNING
-                self.message_user(request, f"Upload finished: {report.summary()}.", level)
-                form = UploadImagesForm()
+                try:
+                    outcome = uploads.handle(
+                        catalog,
+                        data["images"],
+                        title=data["title"],
+                        description=data["description"],
+                        attributes=data["attributes"],
+                    )
+                except (uploads.UploadRefused, feeds.FeedError) as exc:
+                    self.message_user(request, f"Upload refused: {exc}", messages.ERROR)
+                else:
+                    report, sync_report = outcome.imported, outcome.synced
+                    level = messages.WARNING if outcome.has_problems else messages.SUCCESS
+                    self.message_user(request, f"Upload finished: {outcome.summary()}.", level)
+                    form = UploadImagesForm()
         else:
             form = UploadImagesForm()
         context = {
@@ -304,6 +347,7 @@ class CatalogAdmin(ShopScopedAdmin):
             "original": catalog,
             "form": form,
             "report": report,
+            "sync_report": sync_report.as_dict() if sync_report else None,
             "progress": progress.counts(catalog),
             "has_view_permission": True,
         }
@@ -317,16 +361,18 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "__str__",
         "title",
         "catalog",
+        "product_id",
+        "price",
+        "currency",
+        "availability",
         "status",
-        "width",
-        "height",
         "created_at",
     ]
     list_display_links = ["thumbnail", "__str__"]
     # Titles in bulk: each changed row goes through save_model, which re-embeds its text.
     list_editable = ["title"]
-    list_filter = ["status", ("catalog", admin.RelatedOnlyFieldListFilter)]
-    search_fields = ["title", "source_name", "sha256"]
+    list_filter = ["status", "availability", ("catalog", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["title", "source_name", "sha256", "product_id", "brand"]
     list_select_related = ["catalog"]
     readonly_fields = [
         "preview",
@@ -337,6 +383,15 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "height",
         "status",
         "error",
+        # Product data comes from the shop's feed: an edit here would be undone by its next sync.
+        "product_id",
+        "product_url",
+        "price",
+        "currency",
+        "availability",
+        "brand",
+        "category",
+        "image_source",
         "created_at",
         "updated_at",
     ]
@@ -345,9 +400,17 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "catalog",
         "title",
         "description",
+        "product_id",
+        "product_url",
+        "price",
+        "currency",
+        "availability",
+        "brand",
+        "category",
         "attributes",
         "status",
         "error",
+        "image_source",
         "source_name",
         "sha256",
         "width",

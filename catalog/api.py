@@ -28,7 +28,7 @@ from rest_framework.response import Response
 from dar_site.storable_text import StorableJSONParser
 
 from .models import Catalog, CatalogItem, Shop
-from .services import access, embedding, ingest, metadata, progress, reembed
+from .services import access, embedding, facets, feeds, metadata, progress, reembed, uploads
 
 # --- Serializers ------------------------------------------------------------------------------
 
@@ -80,6 +80,13 @@ class CatalogItemSerializer(serializers.ModelSerializer):
             "title",
             "description",
             "attributes",
+            "product_id",
+            "product_url",
+            "price",
+            "currency",
+            "availability",
+            "brand",
+            "category",
             "status",
             "error",
             "created_at",
@@ -163,6 +170,15 @@ class CatalogViewSet(viewsets.ModelViewSet):
         return Response(progress.counts(self.get_object()))
 
     @extend_schema(
+        summary="Attribute facets (names, types, values seen) of the catalog's available items",
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    @action(detail=True, methods=["get"])
+    def facets(self, request: Request, slug: str | None = None) -> Response:
+        found = facets.catalog_facets(self.get_object())
+        return Response({"facets": [facet.as_dict() for facet in found]})
+
+    @extend_schema(
         summary="Re-embed with the current encoder",
         request=ReembedSerializer,
         responses={
@@ -244,7 +260,7 @@ class CatalogItemViewSet(
         return items.order_by("pk")
 
     @extend_schema(
-        summary="Upload images (one or many files, or zips)",
+        summary="Upload images (files, zips, a CSV/JSONL manifest beside them) or a product feed",
         request={"multipart/form-data": UploadSerializer},
         responses={
             201: OpenApiResponse(ImportReportSerializer, description="At least one imported."),
@@ -258,13 +274,27 @@ class CatalogItemViewSet(
         params = UploadSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        report = ingest.import_uploads(
-            catalog,
-            data["files"],
-            title=data.get("title", ""),
-            description=data.get("description", ""),
-            attributes=data.get("attributes") or {},
-        )
+        try:
+            outcome = uploads.handle(
+                catalog,
+                data["files"],
+                title=data.get("title", ""),
+                description=data.get("description", ""),
+                attributes=data.get("attributes") or {},
+            )
+        except (uploads.UploadRefused, feeds.FeedError) as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        if outcome.queued_feed:
+            return Response(
+                {"detail": outcome.summary(), "progress": progress.counts(catalog)},
+                status=status.HTTP_202_ACCEPTED,
+            )
+        if outcome.synced is not None:
+            synced = outcome.synced
+            code = status.HTTP_201_CREATED if synced.added else status.HTTP_200_OK
+            return Response(synced.as_dict() | {"progress": progress.counts(catalog)}, status=code)
+        report = outcome.imported
+        assert report is not None
         body = report.as_dict() | {"queued": report.queued, "progress": progress.counts(catalog)}
         code = status.HTTP_201_CREATED if report.imported else status.HTTP_200_OK
         return Response(body, status=code)

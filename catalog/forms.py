@@ -31,9 +31,11 @@ class MultipleFileField(forms.FileField):
 
 class UploadImagesForm(forms.Form):
     images = MultipleFileField(
-        label="Images or zip archives",
+        label="Images, zip archives or a feed",
         help_text="Select many files at once; zip archives are unpacked. Files are judged by "
-        "their content: anything that is not a sound raster image is reported, not stored.",
+        "their content: anything that is not a sound raster image is reported, not stored. "
+        "Add one CSV/JSONL manifest to give the images titles, or upload a product feed "
+        "(Merchant Center TSV/XML, Shopify CSV) alone or beside its images to sync products.",
         allow_empty_file=True,  # an empty file is reported as rejected, not a form error
     )
     title = forms.CharField(
@@ -82,3 +84,26 @@ class OriginsField(forms.CharField):
             return self.to_python(initial) != self.to_python(data)
         except forms.ValidationError:
             return True
+
+
+class CatalogAdminForm(forms.ModelForm):
+    """The catalog's change form: a feed location on this server's disk is for superusers only
+    (a shop admin naming /etc/... must not make the server read it)."""
+
+    allow_paths = False  # set per request by CatalogAdmin.get_form
+
+    def clean_feed_location(self) -> str:
+        value = str(self.cleaned_data.get("feed_location") or "").strip()
+        if not value or value.lower().startswith(("http://", "https://")):
+            return value
+        if "://" in value or not self.allow_paths:
+            raise forms.ValidationError(
+                "Give an http(s) URL (a path on the server is for superusers only)."
+            )
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("feed_interval_minutes") and not data.get("feed_location"):
+            self.add_error("feed_interval_minutes", "A sync interval needs a feed location.")
+        return data

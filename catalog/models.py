@@ -52,6 +52,14 @@ class Catalog(models.Model):
         help_text="Exact origins (scheme://host[:port]) of the shop's pages that may embed "
         "this catalog's search widget, one per line, e.g. https://shop.example",
     )
+    # A product feed synced on a schedule (catalog/services/sync.py, celery beat): an http(s) URL
+    # (fetched with the same guards as feed images) or a path on the server.
+    feed_location = models.CharField(max_length=2000, blank=True)
+    feed_interval_minutes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Sync the feed this often; empty: never on a schedule."
+    )
+    feed_synced_at = models.DateTimeField(null=True, blank=True)
+    feed_report = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -108,6 +116,13 @@ class CatalogItem(models.Model):
         EMBEDDED = "embedded"
         FAILED = "failed"
 
+    class Availability(models.TextChoices):
+        # Google Merchant Center's values; Shopify's inventory maps onto them (services/feeds.py).
+        IN_STOCK = "in_stock"
+        OUT_OF_STOCK = "out_of_stock"
+        PREORDER = "preorder"
+        BACKORDER = "backorder"
+
     catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="items")
     # The web-size rendition re-encoded from decoded pixels: the only form of the item served.
     image = models.ImageField(upload_to=item_upload_path)
@@ -121,7 +136,21 @@ class CatalogItem(models.Model):
     source_name = models.CharField(max_length=500, blank=True)
     title = models.CharField(max_length=500, blank=True)
     description = models.TextField(blank=True)
+    # Free attributes (colour, size, material...): a catalog's facets are computed from them.
     attributes = models.JSONField(default=dict, blank=True)
+    # Product data. ``product_id`` is the shop's id, the key a feed sync updates by; empty for
+    # items imported as plain pictures (those stay keyed by their bytes).
+    product_id = models.CharField(max_length=200, blank=True)
+    product_url = models.URLField(max_length=2000, blank=True)
+    price = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)  # ISO 4217, checked by feeds.currency
+    availability = models.CharField(
+        max_length=16, choices=Availability.choices, default=Availability.IN_STOCK
+    )
+    brand = models.CharField(max_length=200, blank=True)
+    category = models.CharField(max_length=500, blank=True)
+    # Where a feed said the picture is (URL or path): an unchanged location is not fetched again.
+    image_source = models.CharField(max_length=2000, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -129,9 +158,23 @@ class CatalogItem(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["catalog", "sha256"], name="unique_item_bytes")
+            # Plain pictures are keyed by their bytes; products by their id (two products may
+            # share a picture: variants, a placeholder image).
+            models.UniqueConstraint(
+                fields=["catalog", "sha256"],
+                condition=models.Q(product_id=""),
+                name="unique_item_bytes",
+            ),
+            models.UniqueConstraint(
+                fields=["catalog", "product_id"],
+                condition=~models.Q(product_id=""),
+                name="unique_item_product_id",
+            ),
         ]
-        indexes = [models.Index(fields=["catalog", "status"])]
+        indexes = [
+            models.Index(fields=["catalog", "status"]),
+            models.Index(fields=["catalog", "availability"]),
+        ]
 
     def __str__(self) -> str:
         return self.title or self.source_name or self.sha256[:12]

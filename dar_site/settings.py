@@ -340,6 +340,16 @@ DAR_EMBED_BATCH = env_int("DAR_EMBED_BATCH", 32, min=1, max=4096)
 DAR_WEB_IMAGE_SIZE = env_int("DAR_WEB_IMAGE_SIZE", 1024, min=64, max=8192)
 DAR_INGEST_PROCESSES = env_int("DAR_INGEST_PROCESSES", 0, min=0, max=256)
 DAR_MAX_UPLOAD_PIXELS = env_int("DAR_MAX_UPLOAD_PIXELS", 400_000_000, min=1)
+# Product feeds (catalog/services/feeds.py, sync.py) and the image fetcher (fetch.py). Hosts
+# (exact names or IP addresses) the fetcher may reach although they resolve to a private,
+# loopback or link-local address; empty: public addresses only.
+DAR_FETCH_ALLOWED_HOSTS = env_list("DAR_FETCH_ALLOWED_HOSTS")
+DAR_FETCH_TIMEOUT = env_float("DAR_FETCH_TIMEOUT", 15.0, min=0.1, max=600.0)
+DAR_FETCH_MAX_REDIRECTS = env_int("DAR_FETCH_MAX_REDIRECTS", 3, min=0, max=20)
+DAR_FETCH_THREADS = env_int("DAR_FETCH_THREADS", 8, min=1, max=64)
+DAR_MAX_FEED_BYTES = env_int("DAR_MAX_FEED_BYTES", 200 * 1024 * 1024, min=1024)
+# Celery beat looks for catalogs whose feed sync is due this often (seconds).
+DAR_FEED_CHECK_INTERVAL = env_int("DAR_FEED_CHECK_INTERVAL", 300, min=10)
 # Re-embed requests a shop may make per window (catalog/services/reembed.py); one catalog never
 # has two in flight whatever these say.
 DAR_REEMBED_PER_SHOP = env_int("DAR_REEMBED_PER_SHOP", 10, min=1)
@@ -416,6 +426,7 @@ DAR_TURN_ASYNC_COMMIT = env_bool("DAR_TURN_ASYNC_COMMIT", True)
 DAR_SWEEP_INTERVAL = env_int("DAR_SWEEP_INTERVAL", 60, min=5)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-turns": {"task": "search.sweep_stuck_turns", "schedule": DAR_SWEEP_INTERVAL},
+    "sync-due-feeds": {"task": "catalog.sync_due_feeds", "schedule": DAR_FEED_CHECK_INTERVAL},
 }
 # Gpu workers load every model at start instead of on the first turn (workers/warmup.py).
 DAR_WARM_MODELS = env_bool("DAR_WARM_MODELS", True)

@@ -33,6 +33,15 @@ class ItemOut(serializers.Serializer):
     id = serializers.IntegerField()
     title = serializers.CharField()
     image = serializers.CharField(help_text="URL of the item's image.")
+    url = serializers.CharField(help_text="Where 'Open' goes: the product page, else the image.")
+    price = serializers.CharField(
+        allow_null=True, help_text='Decimal as a string, e.g. "12.00"; null when unknown.'
+    )
+    currency = serializers.CharField(help_text="ISO 4217 code, or empty.")
+    availability = serializers.ChoiceField(
+        choices=["in_stock", "out_of_stock", "preorder", "backorder"]
+    )
+    brand = serializers.CharField()
     score = serializers.FloatField(help_text="Fused similarity; higher is better.")
     rank = serializers.IntegerField(help_text="1 is the best match.")
 

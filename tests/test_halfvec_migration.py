@@ -78,6 +78,7 @@ def test_vectors_move_to_halfvec_without_reembedding_and_back() -> None:
     kept = vectors.vectors_for(space="image", model_name="old-enc", item_ids=[i.pk for i in items])
     for item, vector in zip(items, stored, strict=True):
         assert np.allclose(kept[item.pk], vector, atol=2e-3)  # half precision of the same vector
+    _migrate_back_to_latest()
     hits = vectors.search(
         catalog_id=catalog.pk, space="image", model_name="old-enc", query=stored[1], k=1
     )

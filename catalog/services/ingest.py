@@ -90,6 +90,10 @@ def _store_files(item: CatalogItem, image: validation.NormalisedImage, original:
     )
 
 
+# The feed sync (``sync``) stores product pictures the same way.
+store_item_files = _store_files
+
+
 def _new_item(
     catalog: Catalog, candidate: Candidate, image: validation.NormalisedImage
 ) -> CatalogItem:
@@ -113,7 +117,9 @@ def _add_one(catalog: Catalog, item: CatalogItem) -> tuple[CatalogItem, bool]:
             item.save()
     except IntegrityError:
         # That import's row points at these very files (same paths), so the files stay.
-        other = CatalogItem.objects.filter(catalog=catalog, sha256=item.sha256).first()
+        other = CatalogItem.objects.filter(
+            catalog=catalog, sha256=item.sha256, product_id=""
+        ).first()
         if other is None:
             raise
         return other, False
@@ -192,7 +198,7 @@ class _Import:
             self._reject(candidate, seen)
             return
         existing = (
-            CatalogItem.objects.filter(catalog=self.catalog, sha256=sha)
+            CatalogItem.objects.filter(catalog=self.catalog, sha256=sha, product_id="")
             .only("pk", "sha256", "source_name", "status")
             .first()
         )

@@ -291,25 +291,37 @@ def _row_meta(row: dict[str, Any], path_key: str) -> dict[str, Any]:
 def _manifest_rows(path: Path, kind: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(line number, row dict) or (line number, reason the line is unreadable)."""
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        if kind == "csv":
-            reader = csv.DictReader(handle)
-            for row in reader:
-                if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                    continue  # blank line
-                yield reader.line_num, row
-            return
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                yield number, f"invalid JSON: {exc}"
-                continue
-            if not isinstance(row, dict):
-                yield number, "JSON line is not an object"
-                continue
-            yield number, row
+        yield from manifest_rows(handle, kind)
+
+
+def manifest_rows(handle: IO[str], kind: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """The rows of an open manifest (a file, or an upload decoded in memory)."""
+    if kind == "csv":
+        reader = csv.DictReader(handle)
+        for row in reader:
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue  # blank line
+            yield reader.line_num, row
+        return
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            yield number, f"invalid JSON: {exc}"
+            continue
+        if not isinstance(row, dict):
+            yield number, "JSON line is not an object"
+            continue
+        yield number, row
+
+
+def manifest_meta(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A manifest row's file path and the title/description/attributes it gives that file."""
+    path_key = next((k for k in PATH_COLUMNS if k in row), PATH_COLUMNS[0])
+    raw = row.get(path_key)
+    return (str(raw).strip() if raw is not None else ""), _row_meta(row, path_key)
 
 
 def iter_manifest(path: Path, display: str) -> Iterator[Candidate]:

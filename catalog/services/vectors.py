@@ -24,9 +24,23 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 
-from catalog.models import ItemEmbedding
+from catalog.models import CatalogItem, ItemEmbedding
 
 _TABLE = ItemEmbedding._meta.db_table
+_ITEMS = CatalogItem._meta.db_table
+# Out-of-stock items are never shown. The condition sits in the WHERE of the ranking query
+# itself (with the HNSW index, iterative scans keep reading until k available items are found),
+# so filtering never returns fewer results than asked. The subquery is uncorrelated: PostgreSQL
+# runs it once per query as a hashed set (it is usually small: what a feed took away).
+_UNAVAILABLE = (
+    f" AND NOT ({{col}} = ANY(ARRAY(SELECT id FROM {_ITEMS} WHERE catalog_id = %s"
+    f" AND availability = '{CatalogItem.Availability.OUT_OF_STOCK.value}')))"
+)
+
+
+def unavailable_filter(column: str) -> str:
+    """SQL (one %s: the catalog id) leaving out a catalog's out-of-stock items."""
+    return _UNAVAILABLE.replace("{col}", column)
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,8 @@ def search(
     if exclude:
         where += " AND NOT (item_id = ANY(%s))"
         params.append(list(exclude))
+    where += unavailable_filter("item_id")
+    params.append(catalog_id)
     exact = exact or dim > MAX_INDEXED_DIM
     if exact:
         sql = (
@@ -250,6 +266,8 @@ def search_with_product_text(
     if exclude:
         sql += " AND NOT (i.item_id = ANY(%s))"
         params.append(list(exclude))
+    sql += unavailable_filter("i.item_id")
+    params.append(catalog_id)
     sql += " ORDER BY score DESC, i.item_id LIMIT %s"
     params.append(int(k))
     with connection.cursor() as cursor:

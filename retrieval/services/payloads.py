@@ -23,11 +23,23 @@ def image_url(field: Any) -> str:
         return ""
 
 
+def open_url(item: CatalogItem) -> str:
+    """Where a result's "Open" goes: the product page when the shop gave one, else the picture.
+    The one place that decides it (search.js uses ``url`` as given)."""
+    return item.product_url or image_url(item.image)
+
+
 def item_payload(item: CatalogItem, *, score: float, rank: int) -> dict[str, Any]:
     return {
         "id": item.pk,
         "title": item.title or item.source_name or f"Item {item.pk}",
         "image": image_url(item.image),
+        "url": open_url(item),
+        # A string: a Decimal's digits as the shop wrote them (no float rounding), or null.
+        "price": None if item.price is None else f"{item.price:.2f}",
+        "currency": item.currency,
+        "availability": item.availability,
+        "brand": item.brand,
         "score": round(float(score), 6),
         "rank": rank,
     }

@@ -21,7 +21,17 @@ from workers.models.protocols import Dialogue
 from . import ranking
 
 # What a result payload shows of an item (payloads.item_payload).
-ITEM_FIELDS = ("id", "title", "source_name", "image")
+ITEM_FIELDS = (
+    "id",
+    "title",
+    "source_name",
+    "image",
+    "product_url",
+    "price",
+    "currency",
+    "availability",
+    "brand",
+)
 
 
 def dialogue_for(turn: Turn) -> Dialogue:

@@ -473,6 +473,8 @@
     const title = el("h3", "result-title", item.title);
     title.title = item.title;
     body.appendChild(title);
+    const offer = productLine(item);
+    if (offer) body.appendChild(offer);
     body.appendChild(el("span", "score small muted", "score " + Number(item.score).toFixed(3)));
     const meta = el("div", "result-meta");
     // The product page when the shop gave one, else the item's picture.
@@ -493,6 +495,36 @@
     card.appendChild(figure);
     card.appendChild(body);
     return card;
+  }
+
+  const AVAILABILITY = {
+    in_stock: "In stock",
+    out_of_stock: "Out of stock",
+    preorder: "Pre-order",
+    backorder: "Backorder",
+  };
+
+  // Price (in the shopper's locale, in the item's currency) and availability, when the item is
+  // a product; nothing for a plain picture.
+  function productLine(item) {
+    if (item.price == null && !item.brand) return null;
+    const line = el("p", "result-offer small");
+    if (item.price != null) {
+      let text = item.price + (item.currency ? " " + item.currency : "");
+      if (item.currency) {
+        try {
+          text = new Intl.NumberFormat(undefined, { style: "currency", currency: item.currency })
+            .format(Number(item.price));
+        } catch (e) { /* an unknown code: shown as given */ }
+      }
+      line.appendChild(el("strong", "result-price", text));
+    }
+    if (item.availability && AVAILABILITY[item.availability]) {
+      line.appendChild(el("span", "result-availability availability-" + item.availability,
+        " · " + AVAILABILITY[item.availability]));
+    }
+    if (item.brand) line.appendChild(el("span", "result-brand muted", " · " + item.brand));
+    return line;
   }
 
   function recordClick(itemId) {
