@@ -57,6 +57,8 @@ def _check_deploy(**env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DAR_"))}
     clean.update(
         DJANGO_SETTINGS_MODULE="dar_site.settings",
+        # Explicit, so that a local .env (make demo writes DJANGO_DEBUG=1) cannot turn it on.
+        DJANGO_DEBUG="0",
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
         DATABASE_URL="postgresql://dar:unused@127.0.0.1:1/dar",
         REDIS_URL="redis://127.0.0.1:1/0",
