@@ -66,6 +66,21 @@ def env_float(
     return number
 
 
+def env_float_or_auto(name: str, default: str, *, min: float | None = None) -> float | None:
+    """A number, or ``auto`` (None: the caller decides from the context)."""
+    value = (_raw(name) or default).strip()
+    if value.lower() == "auto":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise EnvError(f"{name}={value!r} is neither a number nor 'auto'") from None
+    if number != number:
+        raise EnvError(f"{name}={value!r} is not a number")
+    _check_range(name, number, min, None)
+    return number
+
+
 def env_bool(name: str, default: bool) -> bool:
     value = _raw(name)
     if value is None:

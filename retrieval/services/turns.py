@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,8 +63,17 @@ def clean_message(text: Any) -> str:
     return text
 
 
-def submit_message(session: SearchSession, text: Any, *, address: str | None = None) -> Turn:
+def submit_message(
+    session: SearchSession,
+    text: Any,
+    *,
+    address: str | None = None,
+    enqueue: Callable[[Turn], None] | None = None,
+) -> Turn:
     """Validate a shopper's message, store it as the session's next turn and enqueue the turn.
+
+    ``enqueue`` replaces sending the turn's tasks to Celery (the dialogue benchmark runs them in
+    its own process, through the same stages); the ``turn.accepted`` event goes out either way.
 
     Raises ``SearchError`` (nothing is stored) for an empty or oversized message, a session that
     reached DAR_MAX_TURNS_PER_SESSION, or a rate limit.
@@ -98,17 +107,21 @@ def submit_message(session: SearchSession, text: Any, *, address: str | None = N
             # The gpu task's id, chosen here so that the row is written once.
             task_id=str(uuid.uuid4()),
         )
-        transaction.on_commit(lambda: _enqueue(turn))
+        transaction.on_commit(lambda: _enqueue(turn, enqueue or _send_tasks))
     return turn
 
 
-def _enqueue(turn: Turn) -> None:
+def _enqueue(turn: Turn, send: Callable[[Turn], None]) -> None:
     # Sent (waiting) before the tasks, so the page hears of the turn before any of its stages.
     events.emit(
         turn.session_id,
         {"type": "turn.accepted", "turn": turn.index, "message": turn.message, "status": "queued"},
         wait=True,
     )
+    send(turn)
+
+
+def _send_tasks(turn: Turn) -> None:
     # Both at once: the text stage does not wait for a gpu worker, nor the gpu task for it. Their
     # outcome is the turn's row and events, never a task result (nothing to store or subscribe to).
     current_app.send_task(TEXT_STAGE_TASK, args=[turn.pk], ignore_result=True)
