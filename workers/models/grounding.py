@@ -29,6 +29,8 @@ from .protocols import Dialogue, Refinement
 log = logging.getLogger(__name__)
 
 MAX_WORDS = 24
+# An article left without its noun once an invented word is removed.
+_BROKEN = re.compile(r"\b(?:a|an|the)\s+(?:that|of|which|with|and|but|is|are|[,.;:!?]|$)", re.I)
 MAX_REPAIRS = 2
 # Words a description of a product photo may use without the shopper having said them.
 GENERIC = frozenset(
@@ -123,6 +125,11 @@ def review(description: str, dialogue: Dialogue) -> Verdict:
         status, reasons = "repaired", ["too long: first sentence kept"]
         if len(words(text)) > MAX_WORDS:
             return Verdict(grounded, "fallback", "too long")
+    brought_back = _stems(content_words(text)) & _removed(dialogue, understood)
+    if brought_back:
+        return Verdict(
+            grounded, "fallback", f"keeps what the shopper removed: {sorted(brought_back)}"
+        )
     support = dialogue_support(dialogue) - _removed(dialogue, understood)
     support |= _stems(content_words(understood.description()))
     invented = _invented(text, support)
@@ -130,16 +137,14 @@ def review(description: str, dialogue: Dialogue) -> Verdict:
         if len(set(invented)) > MAX_REPAIRS:
             return Verdict(grounded, "fallback", f"invented: {', '.join(sorted(set(invented)))}")
         text = _without(text, set(invented))
+        if _BROKEN.search(text):
+            # The invented word was the thing itself ("A [bird] that flies"): nothing to keep.
+            return Verdict(grounded, "fallback", f"invented: {', '.join(sorted(set(invented)))}")
         status = "repaired"
         reasons.append(f"removed invented: {', '.join(sorted(set(invented)))}")
     stems = _stems(content_words(text))
     if not stems:
         return Verdict(grounded, "fallback", "nothing left")
-    brought_back = stems & _removed(dialogue, understood)
-    if brought_back:
-        return Verdict(
-            grounded, "fallback", f"keeps what the shopper removed: {sorted(brought_back)}"
-        )
     latest = understood.latest
     wanted = _stems(content_words(latest.text)) if latest is not None else set()
     if wanted and not stems & wanted:

@@ -74,7 +74,6 @@ FEW_SHOT: tuple[tuple[tuple[str, ...], str], ...] = (
     (("a lamp", "actually I'd rather have a clock", "a round one"), "A round clock."),
     (("a red car", "make it green"), "A green car."),
     (("a bird", "not a parrot, it swims and cannot fly"), "A bird that swims and cannot fly."),
-    (("a cup", "with a handle"), "A cup with a handle."),
 )
 _PROMPT_VIEWS = ("on a plain background", "close-up photo", "side view", "in soft light")
 
