@@ -235,8 +235,10 @@ def evaluate(
     variants: Sequence[str],
     *,
     progress: Callable[[str, int, DialogueOutcome], None] | None = None,
+    partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every dialogue under every variant; the JSON report."""
+    """Run every dialogue under every variant; the JSON report. ``partial`` gets the report so
+    far after each dialogue (a long run that is stopped keeps what it measured)."""
     targets = resolve_targets(catalog, cases)
     report: dict[str, Any] = {"catalog": catalog.slug, "dialogues": len(cases), "variants": {}}
     for name in variants:
@@ -248,19 +250,22 @@ def evaluate(
                 outcomes.append(outcome)
                 if progress is not None:
                     progress(name, n, outcome)
-        report["variants"][name] = {
-            "summary": summarise(outcomes),
-            "seconds": round(time.monotonic() - start, 1),
-            "dialogues": [
-                {
-                    "target": o.target,
-                    "target_id": o.target_id,
-                    "turns": [t.__dict__ for t in o.turns],
-                }
-                for o in outcomes
-            ],
-        }
+                report["variants"][name] = _variant_report(outcomes, time.monotonic() - start)
+                if partial is not None:
+                    partial(report)
+        report["variants"][name] = _variant_report(outcomes, time.monotonic() - start)
     return report
+
+
+def _variant_report(outcomes: Sequence[DialogueOutcome], seconds: float) -> dict[str, Any]:
+    return {
+        "summary": summarise(outcomes),
+        "seconds": round(seconds, 1),
+        "dialogues": [
+            {"target": o.target, "target_id": o.target_id, "turns": [t.__dict__ for t in o.turns]}
+            for o in outcomes
+        ],
+    }
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -72,15 +72,19 @@ class Command(BaseCommand):
             bar.set_postfix(variant=name, text=last.text_rank, final=last.final_rank, refresh=False)
             bar.update(1)
 
+        def write(report: dict[str, Any]) -> None:
+            if options["out"]:
+                out: Path = options["out"]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+
         try:
-            report = dialogues.evaluate(catalog, cases, variants, progress=tick)
+            report = dialogues.evaluate(catalog, cases, variants, progress=tick, partial=write)
         except dialogues.DialogueFileError as err:
             raise CommandError(str(err)) from None
         finally:
             bar.close()
         self.stdout.write(dialogues.format_table(report))
+        write(report)
         if options["out"]:
-            out: Path = options["out"]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-            self.stdout.write(f"Report written to {out}")
+            self.stdout.write(f"Report written to {options['out']}")
