@@ -168,7 +168,8 @@ def test_smollm2_refinements_follow_the_conversation(
     assert not gone & said, refined
     assert len(refined.description.split()) <= grounding.MAX_WORDS
     support = grounding.dialogue_support(dialogue)
-    assert all(stem(w) in support or w in grounding.GENERIC for w in content_words(refined.description))
+    words = content_words(refined.description)
+    assert all(stem(w) in support or w in grounding.GENERIC for w in words)
     assert len(refined.prompts) == 1 and not gone & _stems(refined.prompts[0])
 
 
