@@ -66,9 +66,10 @@ def env_float(
     return number
 
 
-def env_float_or_auto(name: str, default: str, *, min: float | None = None) -> float | None:
-    """A number, or ``auto`` (None: the caller decides from the context)."""
-    value = (_raw(name) or default).strip()
+def float_or_auto(name: str, value: str, *, min: float | None = None) -> float | None:
+    """``name``'s value (read with ``env_str``) as a number, or ``auto`` (None: the caller
+    decides from the context)."""
+    value = value.strip()
     if value.lower() == "auto":
         return None
     try:

@@ -13,12 +13,12 @@ from .env import (
     env_bool,
     env_choice,
     env_float,
-    env_float_or_auto,
     env_int,
     env_list,
     env_path,
     env_pg_size,
     env_str,
+    float_or_auto,
 )
 from .storage_config import storages_setting
 
@@ -276,7 +276,7 @@ DAR_WEIGHT_PRODUCT_TEXT = env_float("DAR_WEIGHT_PRODUCT_TEXT", 0.0, min=0.0)
 # How much the encoder's image similarity counts next to product text (when that is weighted):
 # "auto" = 0 for the offline profile's random-weight stand-in encoder (its similarities are
 # noise), 1 for a trained one. The demo sets auto.
-DAR_WEIGHT_IMAGE = env_float_or_auto("DAR_WEIGHT_IMAGE", "1", min=0.0)
+DAR_WEIGHT_IMAGE = float_or_auto("DAR_WEIGHT_IMAGE", env_str("DAR_WEIGHT_IMAGE", "1"), min=0.0)
 # Weight of the dialogue's own text (the text-first query) mixed into the final query beside the
 # refined description: a refinement can then add to what the shopper said but not lose it.
 DAR_FINAL_DIALOGUE_WEIGHT = env_float("DAR_FINAL_DIALOGUE_WEIGHT", 0.0, min=0.0)

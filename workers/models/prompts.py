@@ -92,20 +92,18 @@ def _example_answer(description: str, k: int) -> str:
 def refine_messages(dialogue: Dialogue, k: int, *, english: bool = False) -> list[Message]:
     prompt_lines = "\n".join(f"PROMPT {i}: <short image prompt>" for i in range(1, k + 1))
     note = " Write it in English, whatever language the shopper used." if english else ""
-    messages: list[Message] = [{"role": "system", "content": REFINE_SYSTEM}]
-    for turns, description in FEW_SHOT:
-        example = Dialogue(turns[0], list(turns[1:]))
-        user = REFINE_USER.format(
-            conversation=format_conversation(example), k=k, prompt_lines=prompt_lines, english=note
-        )
-        messages += [
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": _example_answer(description, k)},
-        ]
+    # The worked examples go with the instructions (system), the real dialogue alone is the user
+    # turn the model answers.
+    examples = "\n\n".join(
+        f"Conversation:\n{format_conversation(Dialogue(turns[0], list(turns[1:])))}\n"
+        f"Answer:\n{_example_answer(description, k)}"
+        for turns, description in FEW_SHOT
+    )
+    system = f"{REFINE_SYSTEM}\n\nExamples:\n\n{examples}"
     user = REFINE_USER.format(
         conversation=format_conversation(dialogue), k=k, prompt_lines=prompt_lines, english=note
     )
-    return [*messages, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def ask_messages(dialogue: Dialogue, candidates: Sequence[str]) -> list[Message]:
