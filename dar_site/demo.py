@@ -30,6 +30,10 @@ def _defaults() -> None:
     # The stand-in models rank images at random; the emoji's names (product text, embedded by the
     # real all-MiniLM-L6-v2) are what make the offline demo's results meaningful.
     os.environ.setdefault("DAR_WEIGHT_PRODUCT_TEXT", "0.5")
+    # ...and the stand-in encoder's noise is left out of the fusion when it is the random one;
+    # the final query keeps the dialogue's own words beside the refinement.
+    os.environ.setdefault("DAR_WEIGHT_IMAGE", "auto")
+    os.environ.setdefault("DAR_FINAL_DIALOGUE_WEIGHT", "1")
 
 
 def _port(preferred: int) -> int:

@@ -66,6 +66,22 @@ def env_float(
     return number
 
 
+def float_or_auto(name: str, value: str, *, min: float | None = None) -> float | None:
+    """``name``'s value (read with ``env_str``) as a number, or ``auto`` (None: the caller
+    decides from the context)."""
+    value = value.strip()
+    if value.lower() == "auto":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise EnvError(f"{name}={value!r} is neither a number nor 'auto'") from None
+    if number != number:
+        raise EnvError(f"{name}={value!r} is not a number")
+    _check_range(name, number, min, None)
+    return number
+
+
 def env_bool(name: str, default: bool) -> bool:
     value = _raw(name)
     if value is None:

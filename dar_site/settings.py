@@ -21,6 +21,7 @@ from .env import (
     env_pg_size,
     env_rate,
     env_str,
+    float_or_auto,
 )
 from .origin_names import OriginError, normalize_origins
 from .storage_config import storages_setting
@@ -365,6 +366,13 @@ DAR_WEIGHT_TEXT_LATE = env_float("DAR_WEIGHT_TEXT_LATE", 0.5, min=0.0)
 DAR_WEIGHT_GEN_LATE = env_float("DAR_WEIGHT_GEN_LATE", 0.5, min=0.0)
 DAR_EARLY_TURNS = env_int("DAR_EARLY_TURNS", 2, min=0)
 DAR_WEIGHT_PRODUCT_TEXT = env_float("DAR_WEIGHT_PRODUCT_TEXT", 0.0, min=0.0)
+# How much the encoder's image similarity counts next to product text (when that is weighted):
+# "auto" = 0 for the offline profile's random-weight stand-in encoder (its similarities are
+# noise), 1 for a trained one. The demo sets auto.
+DAR_WEIGHT_IMAGE = float_or_auto("DAR_WEIGHT_IMAGE", env_str("DAR_WEIGHT_IMAGE", "1"), min=0.0)
+# Weight of the dialogue's own text (the text-first query) mixed into the final query beside the
+# refined description: a refinement can then add to what the shopper said but not lose it.
+DAR_FINAL_DIALOGUE_WEIGHT = env_float("DAR_FINAL_DIALOGUE_WEIGHT", 0.0, min=0.0)
 DAR_FEEDBACK_LIKE = env_float("DAR_FEEDBACK_LIKE", 0.3, min=0.0)
 DAR_FEEDBACK_DISLIKE = env_float("DAR_FEEDBACK_DISLIKE", 0.15, min=0.0)
 DAR_ASK_QUESTIONS = env_bool("DAR_ASK_QUESTIONS", True)

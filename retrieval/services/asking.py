@@ -48,6 +48,8 @@ def start(
 
 
 def _ask(refiner: Any, dialogue: Dialogue, candidates: list[str], turn_id: int) -> Asked:
+    from workers.models import questions
+
     start = time.monotonic()
     try:
         question = refiner.ask(dialogue, candidates)
@@ -55,6 +57,10 @@ def _ask(refiner: Any, dialogue: Dialogue, candidates: list[str], turn_id: int) 
         # A question is a nicety: its failure must not cost the shopper the results.
         log.exception("turn %s: asking a question failed", turn_id)
         question = None
+    # Never a repeat nor one the dialogue answered: else one about the candidates' difference.
+    question = questions.review(
+        question if isinstance(question, str) else None, dialogue, candidates
+    )
     ms = round((time.monotonic() - start) * 1000)
     if isinstance(question, str) and question.strip():
         return Asked(question.strip(), ms)

@@ -54,13 +54,29 @@ def results_event(turn: Turn, results: Iterable[TurnResult], *, final: bool) -> 
     }
 
 
-def refined_event(turn: Turn) -> dict[str, Any]:
+def refined_event(turn: Turn, *, note: str = "") -> dict[str, Any]:
+    """``fallback``: the description is the grounded one built from the dialogue (the LLM's was
+    unusable, invented content, dropped the latest message or ran long); ``note`` says why, or
+    what was repaired."""
     return {
         "type": "query.refined",
         "turn": turn.index,
         "description": turn.refined_query,
         "prompts": list(turn.prompts),
         "fallback": turn.refinement_fallback,
+        "note": note,
+    }
+
+
+def language_notice(turn: Turn, language: str) -> dict[str, Any]:
+    return {
+        "type": "notice",
+        "turn": turn.index,
+        "code": "language",
+        "message": (
+            f"This looks like {language}. This shop's search understands English only, so it "
+            "searched for your exact words; describing it in English will find it better."
+        ),
     }
 
 

@@ -57,7 +57,9 @@ from .claims import Claim, Superseded, claim, owned
 from .turn_ranking import (
     dialogue_for,
     items_of,
+    mix,
     product_text,
+    query_text,
     rank_catalog,
     result_rows,
     with_feedback,
@@ -176,21 +178,47 @@ class _TurnRun:
         return int(self.turn.session.catalog_id)
 
     def _refine(self, refiner: Any, dialogue: Dialogue, k: int) -> Refinement:
-        try:
-            refinement: Refinement = refiner.refine(dialogue, max(k, 1))
-        except (SoftTimeLimitExceeded, Superseded):
-            raise
-        except Exception:
-            # The refiner is supposed to fall back by itself; if it raises anyway, searching with
-            # the shopper's own words beats failing the turn.
-            log.exception("turn %s: refiner raised, using the dialogue text", self.turn.pk)
-            text = dialogue.as_text()
-            refinement = Refinement(description=text, prompts=[text] * max(k, 1), fallback=True)
+        from workers.models import grounding, language
+
+        latest = (dialogue.rounds or [dialogue.caption])[-1]
+        foreign = language.detect(latest)
+        if foreign and not getattr(refiner, "translates", False):
+            # The configured models read English only: search with the shopper's own words and
+            # say so, rather than let the LLM make something else of them.
+            log.info("turn %s: message in %s, the LLM does not translate", self.turn.pk, foreign)
+            self._emit(payloads.language_notice(self.turn, foreign))
+            refinement = grounding.grounded_refinement(dialogue, max(k, 1), f"language: {foreign}")
+        else:
+            try:
+                refinement = refiner.refine(dialogue, max(k, 1))
+            except (SoftTimeLimitExceeded, Superseded):
+                raise
+            except Exception:
+                # The refiner is supposed to fall back by itself; if it raises anyway, searching
+                # with the shopper's own words beats failing the turn.
+                log.exception("turn %s: refiner raised, using the dialogue text", self.turn.pk)
+                refinement = grounding.grounded_refinement(dialogue, max(k, 1), "refiner failed")
+            # Invented, too long, or missing the latest message: repaired or replaced.
+            refinement = grounding.apply(
+                refinement, dialogue, max(k, 1), source=getattr(refiner, "name", "")
+            )
+        if refinement.fallback:
+            log.info(
+                "turn %s: grounded fallback description %r (%s)",
+                self.turn.pk,
+                refinement.description,
+                refinement.note,
+            )
         description = refinement.description.strip() or dialogue.as_text()
         prompts = [p for p in refinement.prompts if p.strip()] or [description]
         # The LLM may return fewer prompts than asked: cycle through the ones it gave.
         prompts = [prompts[i % len(prompts)] for i in range(k)]
-        return Refinement(description=description, prompts=prompts, fallback=refinement.fallback)
+        return Refinement(
+            description=description,
+            prompts=prompts,
+            fallback=refinement.fallback,
+            note=refinement.note,
+        )
 
     def _keep_refinement(self, refinement: Refinement, k: int) -> None:
         """Announce the refinement at once; it is stored with the final results (or with the
@@ -199,7 +227,7 @@ class _TurnRun:
         self.turn.prompts = refinement.prompts[:k]
         self.turn.refinement_fallback = refinement.fallback
         self.refined = True
-        self._emit(payloads.refined_event(self.turn))
+        self._emit(payloads.refined_event(self.turn, note=refinement.note))
 
     def _generate(self, k: int) -> tuple[list[Image.Image], int]:
         """The previews' images and the seed of the first."""
@@ -216,8 +244,13 @@ class _TurnRun:
         liked, disliked = self.claim.liked, self.claim.disliked
         encoder = get_encoder()
         weights = ranking.paper_weights(self.turn.index)
-        description = self.turn.refined_query or dialogue_for(self.turn).as_text()
+        dialogue = dialogue_for(self.turn)
+        description = self.turn.refined_query or dialogue.as_text()
+        # The dialogue's own text (the text-first query) beside the refinement, when weighted.
+        said, said_weight = query_text(dialogue), settings.DAR_FINAL_DIALOGUE_WEIGHT
         text_vec = encoder.encode_texts([description])[0]
+        if said_weight > 0 and said != description:
+            text_vec = mix(text_vec, encoder.encode_texts([said])[0], said_weight)
         gen_vecs = encoder.encode_images(images) if images else None
         query = ranking.fuse(text_vec, gen_vecs, weights)
         query = with_feedback(encoder.name, query, liked, disliked)
@@ -228,7 +261,9 @@ class _TurnRun:
             encoder.name,
             query,
             exclude=disliked if settings.DAR_FEEDBACK_EXCLUDE_DISLIKED else [],
-            product_text=product_text(description, weights.product_text),
+            product_text=product_text(
+                description, weights.product_text, also=said, also_weight=said_weight
+            ),
         )
         return hits, items_of(hits)
 
@@ -238,6 +273,11 @@ class _TurnRun:
         if not settings.DAR_ASK_QUESTIONS or self._past_deadline():
             return None
         titles = [str(items[h.item_id]) for h in hits[:QUESTION_CANDIDATES] if h.item_id in items]
+        earlier = Turn.objects.filter(
+            session_id=self.turn.session_id, index__lt=self.turn.index
+        ).exclude(question="")
+        asked = list(earlier.order_by("index").values_list("question", flat=True))
+        dialogue = Dialogue(dialogue.caption, list(dialogue.rounds), questions=asked)
         return asking.start(refiner, dialogue, titles, self.turn.pk)
 
     def _question(self, pending: Future[asking.Asked]) -> str | None:
@@ -246,6 +286,15 @@ class _TurnRun:
         if asked is None:
             return None
         self.timings["ask"] = asked.ms
+        if (
+            asked.question
+            and Turn.objects.filter(
+                session_id=self.turn.session_id, index__gt=self.turn.index
+            ).exists()
+        ):
+            # The shopper has sent the next message meanwhile: the question would answer nothing.
+            log.info("turn %s: question dropped, a newer message arrived", self.turn.pk)
+            return None
         return asked.question
 
     # --- writes, each fenced by the attempt number ---------------------------------------------

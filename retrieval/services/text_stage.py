@@ -98,7 +98,7 @@ def text_ranking(turn: Turn, catalog_id: int, liked: list[int], disliked: list[i
 
     start = time.monotonic()
     encoder = get_encoder()
-    dialogue_text = turn_ranking.dialogue_for(turn).as_text()
+    dialogue_text = turn_ranking.query_text(turn_ranking.dialogue_for(turn))
     query = turn_ranking.with_feedback(
         encoder.name, encoder.encode_texts([dialogue_text])[0], liked, disliked
     )

@@ -7,6 +7,7 @@ their items attached for the event payloads.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,6 +41,31 @@ def dialogue_for(turn: Turn) -> Dialogue:
     return Dialogue(caption=context[0], rounds=context[1:])
 
 
+def query_text(dialogue: Dialogue) -> str:
+    """The text-first query: the dialogue after its corrections and negations (the latest
+    message wins, ``workers.models.conversation``); the plain dialogue text when nothing is
+    left of it."""
+    from workers.models.conversation import understand
+
+    return understand(dialogue).query_text() or dialogue.as_text()
+
+
+@functools.cache
+def _encoder_is_stand_in() -> bool:
+    from workers.models.config import ModelSettings, model_plan
+
+    return model_plan(ModelSettings.from_env()).profile == "offline"
+
+
+def image_weight() -> float:
+    """``DAR_WEIGHT_IMAGE``, with ``auto`` resolved: the offline profile's encoder has random
+    weights, so its similarities carry no information next to product text."""
+    weight = settings.DAR_WEIGHT_IMAGE
+    if weight is None:
+        return 0.0 if _encoder_is_stand_in() else 1.0
+    return float(weight)
+
+
 def rank_catalog(
     catalog_id: int,
     model_name: str,
@@ -48,6 +74,9 @@ def rank_catalog(
     exclude: list[int],
     product_text: tuple[str, np.ndarray, float] | None = None,
 ) -> list[Hit]:
+    if product_text is not None and product_text[2] > 0:
+        # Linear: scaling the query scales every image similarity.
+        query = np.asarray(query, dtype=np.float32) * np.float32(image_weight())
     return ranking.rank(
         catalog_id=catalog_id,
         model_name=model_name,
@@ -73,14 +102,28 @@ def with_feedback(
     )
 
 
-def product_text(text: str, weight: float) -> tuple[str, np.ndarray, float] | None:
-    """The optional product-text term of ``ranking.rank`` (title/description similarity)."""
+def product_text(
+    text: str, weight: float, *, also: str = "", also_weight: float = 0.0
+) -> tuple[str, np.ndarray, float] | None:
+    """The optional product-text term of ``ranking.rank`` (title/description similarity); with
+    ``also``, that text's embedding mixed in at ``also_weight`` (the final query keeps the
+    dialogue's own words beside the refinement)."""
     if weight <= 0:
         return None
     from workers.models.registry import get_text_embedder
 
     embedder = get_text_embedder()
+    if also and also_weight > 0 and also != text:
+        vecs = embedder.encode([text, also])
+        return (embedder.name, mix(vecs[0], vecs[1], also_weight), weight)
     return (embedder.name, embedder.encode([text])[0], weight)
+
+
+def mix(first: np.ndarray, second: np.ndarray, second_weight: float) -> np.ndarray:
+    """``first + w * second``, back to unit length (both are unit vectors)."""
+    out = np.asarray(first, dtype=np.float32) + np.float32(second_weight) * second
+    norm = float(np.linalg.norm(out))
+    return (out / norm if norm else out).astype(np.float32)
 
 
 def items_of(hits: Sequence[Hit]) -> dict[int, CatalogItem]:

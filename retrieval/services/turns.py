@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -67,8 +67,17 @@ def clean_message(text: Any) -> str:
     return text
 
 
-def submit_message(session: SearchSession, text: Any, *, address: str | None = None) -> Turn:
+def submit_message(
+    session: SearchSession,
+    text: Any,
+    *,
+    address: str | None = None,
+    enqueue: Callable[[Turn], None] | None = None,
+) -> Turn:
     """Validate a shopper's message, store it as the session's next turn and enqueue the turn.
+
+    ``enqueue`` replaces sending the turn's tasks to Celery (the dialogue benchmark runs them in
+    its own process, through the same stages); the ``turn.accepted`` event goes out either way.
 
     Raises ``SearchError`` (nothing is stored) for an empty or oversized message, a session that
     reached DAR_MAX_TURNS_PER_SESSION, a full line of waiting turns (``busy``, see
@@ -105,11 +114,11 @@ def submit_message(session: SearchSession, text: Any, *, address: str | None = N
             # The gpu task's id, chosen here so that the row is written once.
             task_id=str(uuid.uuid4()),
         )
-        transaction.on_commit(lambda: _enqueue(turn, place))
+        transaction.on_commit(lambda: _enqueue(turn, place, enqueue or _send_tasks))
     return turn
 
 
-def _enqueue(turn: Turn, place: admission.Place | None) -> None:
+def _enqueue(turn: Turn, place: admission.Place | None, send: Callable[[Turn], None]) -> None:
     # Sent (waiting) before the tasks, so the page hears of the turn before any of its stages;
     # a turn that waits behind other shoppers' turns says where, in the same message.
     accepted = {
@@ -120,6 +129,10 @@ def _enqueue(turn: Turn, place: admission.Place | None) -> None:
     }
     batch = [accepted] if place is None else [accepted, place.event(turn.index)]
     events.emit(turn.session_id, *batch, wait=True)
+    send(turn)
+
+
+def _send_tasks(turn: Turn) -> None:
     # Both at once: the text stage does not wait for a gpu worker, nor the gpu task for it. Their
     # outcome is the turn's row and events, never a task result (nothing to store or subscribe to).
     current_app.send_task(TEXT_STAGE_TASK, args=[turn.pk], ignore_result=True)

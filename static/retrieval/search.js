@@ -226,7 +226,7 @@
         break;
       case "query.refined":
         if (!isCurrent(event.turn)) break;
-        renderRefined(event.description, event.prompts, event.fallback);
+        renderRefined(event.description, event.prompts, event.fallback, event.note);
         setStep("refine", "done", event.turn);
         setStep("paint", "active", event.turn);
         break;
@@ -237,8 +237,16 @@
         setStep("rank", "active", event.turn);
         break;
       case "question":
+        // A question about an earlier turn, arriving after the shopper's next message, would
+        // answer nothing: it is dropped.
+        if (event.turn < currentTurn) break;
         hideAsking();
         addBubble("assistant question", event.question, event.turn);
+        break;
+      case "notice":
+        // E.g. a message in a language the configured models do not read.
+        if (!isCurrent(event.turn)) break;
+        addBubble("system notice", event.message, event.turn);
         break;
       case "turn.done":
         if (!isCurrent(event.turn)) break;
@@ -420,10 +428,13 @@
     els.resultsKind.hidden = true;
   }
 
-  function renderRefined(description, prompts, fallback) {
+  function renderRefined(description, prompts, fallback, note) {
     els.refined.textContent = description || "";
     els.refined.classList.toggle("muted", !description);
     els.fallback.hidden = !fallback;
+    // Why the language model's description was not used (invented words, dropped the latest
+    // message, too long, another language): the page says so.
+    els.fallback.title = note || "";
     els.prompts.replaceChildren(
       ...(prompts || []).map((p) => el("li", null, p))
     );

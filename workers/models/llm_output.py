@@ -150,7 +150,8 @@ def parse_refinement(raw: str, k: int, dialogue: Dialogue | str) -> Refinement:
     unusable, and the description itself standing in for missing or unusable prompts."""
     descriptions, numbered, listed, _ = _labelled_fields(raw or "")
     description = clean_field(descriptions[0], DESCRIPTION_MAX_CHARS) if descriptions else ""
-    if not looks_like_text(description):
+    # One word is a valid description ("A face."): a product is often just its name.
+    if not looks_like_text(description, min_words=1):
         return fallback_refinement(dialogue, k)
     candidates = [numbered[n] for n in sorted(numbered)] if numbered else listed
     prompts = [clean_field(p, PROMPT_MAX_CHARS) for p in candidates]

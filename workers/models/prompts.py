@@ -16,16 +16,17 @@ Message = dict[str, str]
 REFINE_SYSTEM = (
     "You help a shopper find a product photo in an online shop. You read the conversation in "
     "which the shopper describes the product and you describe what its photo looks like. Use only "
-    "facts stated in the conversation; never invent brands, prices or sizes."
+    "facts stated in the conversation; never invent brands, prices or sizes. The latest message "
+    "wins: when the shopper corrects or negates something, drop what was replaced."
 )
 
 REFINE_USER = """Conversation:
 {conversation}
 
-Task: write one DESCRIPTION of the product photo the shopper wants (one sentence, at most 40 \
-words, only visual details from the conversation). Then write {k} short, different \
-image-generation prompts for that product (at most 25 words each), e.g. varying the view or the \
-background.
+Task: write one DESCRIPTION of the product photo the shopper wants (one short sentence, at \
+most 20 words, only the shopper's own visual details, no praise).{english} Then write {k} \
+short, different image-generation prompts for that product (at most 25 words each), e.g. \
+varying the view or the background.
 
 Answer exactly in this format and write nothing else:
 DESCRIPTION: <one sentence>
@@ -65,14 +66,44 @@ def format_conversation(dialogue: Dialogue) -> str:
     return "\n".join(lines)
 
 
-def refine_messages(dialogue: Dialogue, k: int) -> list[Message]:
-    # Placeholders rather than a worked example: small models copy examples verbatim, which
-    # would pass the parser with the wrong product; an echoed placeholder is caught instead.
+# Worked examples of the general patterns (a replacing correction, a changed attribute, a
+# negation, an addition), as earlier chat turns. Their products are deliberately unlike shop
+# items; a model that copies one is caught by the grounding check (its words have no support in
+# the real dialogue) and the grounded fallback is used instead.
+FEW_SHOT: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("a lamp", "actually I'd rather have a clock", "a round one"), "A round clock."),
+    (("a red car", "make it green"), "A green car."),
+    (("a bird", "not a parrot, it swims and cannot fly"), "A bird that swims and cannot fly."),
+)
+_PROMPT_VIEWS = ("on a plain background", "close-up photo", "side view", "in soft light")
+
+
+def _example_answer(description: str, k: int) -> str:
+    subject = description.rstrip(".")
+    subject = subject[:1].lower() + subject[1:]
+    lines = [f"DESCRIPTION: {description}"]
+    lines += [
+        f"PROMPT {i}: {subject}, {_PROMPT_VIEWS[(i - 1) % len(_PROMPT_VIEWS)]}"
+        for i in range(1, k + 1)
+    ]
+    return "\n".join(lines)
+
+
+def refine_messages(dialogue: Dialogue, k: int, *, english: bool = False) -> list[Message]:
     prompt_lines = "\n".join(f"PROMPT {i}: <short image prompt>" for i in range(1, k + 1))
-    user = REFINE_USER.format(
-        conversation=format_conversation(dialogue), k=k, prompt_lines=prompt_lines
+    note = " Write it in English, whatever language the shopper used." if english else ""
+    # The worked examples go with the instructions (system), the real dialogue alone is the user
+    # turn the model answers.
+    examples = "\n\n".join(
+        f"Conversation:\n{format_conversation(Dialogue(turns[0], list(turns[1:])))}\n"
+        f"Answer:\n{_example_answer(description, k)}"
+        for turns, description in FEW_SHOT
     )
-    return [{"role": "system", "content": REFINE_SYSTEM}, {"role": "user", "content": user}]
+    system = f"{REFINE_SYSTEM}\n\nExamples:\n\n{examples}"
+    user = REFINE_USER.format(
+        conversation=format_conversation(dialogue), k=k, prompt_lines=prompt_lines, english=note
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def ask_messages(dialogue: Dialogue, candidates: Sequence[str]) -> list[Message]:

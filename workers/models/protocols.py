@@ -22,6 +22,8 @@ class Dialogue:
 
     caption: str
     rounds: list[str] = field(default_factory=list)
+    # Clarifying questions already asked in this dialogue (never asked again).
+    questions: list[str] = field(default_factory=list)
 
     def as_text(self) -> str:
         # The ChatIR baseline query: caption and rounds concatenated with ", ".
@@ -38,6 +40,8 @@ class Refinement:
     description: str
     prompts: list[str]
     fallback: bool = False
+    # Why the description was repaired or replaced by the grounded fallback ("" when kept).
+    note: str = ""
 
 
 @runtime_checkable

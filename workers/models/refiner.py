@@ -68,6 +68,7 @@ class _ChatRefiner:
     """Shared refine/ask logic; subclasses implement ``_refine_raw`` and ``_ask_raw``."""
 
     name: str
+    translates: bool = False
 
     def _refine_raw(self, dialogue: Dialogue, k: int) -> str:
         raise NotImplementedError
@@ -232,12 +233,16 @@ class HFChatRefiner(_ChatRefiner):
         compile: bool | None = None,
         cache_tokens: int | None = None,
         parallel_fields: bool | None = None,
+        translates: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from .batching import MicroBatcher
 
         self.name = name or source
+        # Whether this model can write an English description of a message in another language
+        # (SmolLM2-135M cannot; the standard profile's Qwen can).
+        self.translates = translates
         self.device = device
         self.cuda = device.startswith("cuda")
         self.static_cache = self.cuda if static_cache is None else static_cache
@@ -470,7 +475,8 @@ class HFChatRefiner(_ChatRefiner):
         return fields + [(f"PROMPT {i}:", PROMPT_TOKENS) for i in range(1, k + 1)]
 
     def _refine_raw(self, dialogue: Dialogue, k: int) -> str:
-        return self._fill(prompts.refine_messages(dialogue, k), self._refine_fields(k))
+        messages = prompts.refine_messages(dialogue, k, english=self.translates)
+        return self._fill(messages, self._refine_fields(k))
 
     def _ask_raw(self, dialogue: Dialogue, candidates: Sequence[str]) -> str:
         messages = prompts.ask_messages(dialogue, candidates)
@@ -501,7 +507,9 @@ class OpenAIChatRefiner(_ChatRefiner):
         timeout: float = 30.0,
         retries: int = 2,
         backoff: float = 0.25,
+        translates: bool = True,
     ) -> None:
+        self.translates = translates
         if not base_url.startswith(("http://", "https://")):
             # urllib would also open file:// and other schemes; only HTTP(S) makes sense here.
             raise ValueError(f"LLM base URL must be http(s)://, got {base_url!r}")
@@ -568,7 +576,8 @@ class OpenAIChatRefiner(_ChatRefiner):
         return content if isinstance(content, str) else ""
 
     def _refine_raw(self, dialogue: Dialogue, k: int) -> str:
-        return self._chat(prompts.refine_messages(dialogue, k), refine_budget(k))
+        messages = prompts.refine_messages(dialogue, k, english=self.translates)
+        return self._chat(messages, refine_budget(k))
 
     def _ask_raw(self, dialogue: Dialogue, candidates: Sequence[str]) -> str:
         return self._chat(prompts.ask_messages(dialogue, candidates), ASK_MAX_TOKENS)

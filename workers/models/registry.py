@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .config import ModelPlan, ModelSettings, clear_profile_cache, model_plan
@@ -117,6 +118,8 @@ def _load_refiner(settings: ModelSettings, plan: ModelPlan) -> Refiner:
         device=_device(settings),
         max_batch=settings.llm_batch,
         window_s=settings.batch_window_ms / 1000,
+        # The standard profile's LLM writes English descriptions of other languages.
+        translates=plan.profile != "offline",
     )
 
 
@@ -164,3 +167,21 @@ def reset_models() -> None:
         _models.clear()
         _locks.clear()
     clear_profile_cache()
+
+
+@contextmanager
+def using(key: str, model: Any) -> Iterator[None]:
+    """Serve ``model`` as this process's ``key`` model (``"refiner"``...) inside the block, then
+    whatever was loaded before: the dialogue benchmark compares refiners through the same turn
+    code (``manage.py evaluate_dialogues --compare``)."""
+    with _locks_guard:
+        before = _models.get(key)
+        _models[key] = model
+    try:
+        yield
+    finally:
+        with _locks_guard:
+            if before is None:
+                _models.pop(key, None)
+            else:
+                _models[key] = before
