@@ -154,6 +154,11 @@ class SearchAPIView(APIView):
         if isinstance(exc, SearchError):
             headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
             return Response(exc.as_body(), status=exc.http_status, headers=headers)
+        if isinstance(exc, exceptions.ParseError):
+            # Unparsable JSON, a NUL or a lone surrogate in the body: the one error shape too.
+            return Response(
+                {"code": "invalid", "message": str(exc.detail)}, status=status.HTTP_400_BAD_REQUEST
+            )
         if isinstance(exc, exceptions.Throttled):
             wait = max(1, math.ceil(getattr(exc, "wait", None) or 1))
             return Response(

@@ -420,3 +420,15 @@ async def test_a_nul_or_surrogate_frame_is_refused_and_the_next_message_gets_res
         assert seen[-1]["type"] != "error", seen
     assert next(e for e in seen if e["type"] == "results")["items"]
     await comm.disconnect()
+
+
+@pytest.mark.parametrize("raw", ['{"text": "a\\u0000b"}', '{"text": "\\udc00"}', "{not json"])
+def test_unparsable_bodies_get_the_one_error_shape(raw: str, no_task_queue: list[Any]) -> None:
+    catalog = CatalogFactory.create()
+    client, session_id = shopper_with_session(catalog.slug)
+    response = client.post(
+        f"/api/search/sessions/{session_id}/messages/", raw, content_type="application/json"
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "invalid" and body["message"], body
