@@ -18,7 +18,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from .forms import CatalogAdminForm, OriginsField, UploadImagesForm
-from .models import Catalog, CatalogItem, ItemEmbedding, Shop
+from .models import PRODUCT_FIELDS, Catalog, CatalogItem, ItemEmbedding, Shop
 from .services import access, embed, embedding, feeds, progress, uploads
 from .services.encoder import active_encoder_name
 
@@ -384,13 +384,7 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "status",
         "error",
         # Product data comes from the shop's feed: an edit here would be undone by its next sync.
-        "product_id",
-        "product_url",
-        "price",
-        "currency",
-        "availability",
-        "brand",
-        "category",
+        *PRODUCT_FIELDS,
         "image_source",
         "created_at",
         "updated_at",
@@ -400,13 +394,7 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "catalog",
         "title",
         "description",
-        "product_id",
-        "product_url",
-        "price",
-        "currency",
-        "availability",
-        "brand",
-        "category",
+        *PRODUCT_FIELDS,
         "attributes",
         "status",
         "error",

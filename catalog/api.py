@@ -27,7 +27,7 @@ from rest_framework.response import Response
 
 from dar_site.storable_text import StorableJSONParser
 
-from .models import Catalog, CatalogItem, Shop
+from .models import PRODUCT_FIELDS, Catalog, CatalogItem, Shop
 from .services import access, embedding, facets, feeds, metadata, progress, reembed, uploads
 
 # --- Serializers ------------------------------------------------------------------------------
@@ -80,13 +80,7 @@ class CatalogItemSerializer(serializers.ModelSerializer):
             "title",
             "description",
             "attributes",
-            "product_id",
-            "product_url",
-            "price",
-            "currency",
-            "availability",
-            "brand",
-            "category",
+            *PRODUCT_FIELDS,
             "status",
             "error",
             "created_at",

@@ -110,6 +110,18 @@ def private_storage() -> Storage:
     return cast(Storage, _private)
 
 
+# The product data a shop's feed gives an item, in the order the admin and the API show it.
+PRODUCT_FIELDS = (
+    "product_id",
+    "product_url",
+    "price",
+    "currency",
+    "availability",
+    "brand",
+    "category",
+)
+
+
 class CatalogItem(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending"
