@@ -122,6 +122,12 @@ class SessionIn(serializers.Serializer):
 
 class MessageIn(serializers.Serializer):
     text = serializers.CharField()
+    restate = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="True when the text is the shopper's rewrite of the turn's refined description "
+        "('what I understood'): the dialogue starts again from it.",
+    )
 
 
 class FeedbackIn(serializers.Serializer):
@@ -239,8 +245,12 @@ class MessageView(SearchAPIView):
     )
     def post(self, request: Request, session_id: str) -> Response:
         session = self.owned_session(request, session_id)
+        body = self.body(request)
         turn = turns.submit_message(
-            session, self.body(request).get("text"), address=request.META.get("REMOTE_ADDR")
+            session,
+            body.get("text"),
+            address=request.META.get("REMOTE_ADDR"),
+            restate=body.get("restate", False),
         )
         return Response(payloads.turn_payload(turn), status=status.HTTP_202_ACCEPTED)
 

@@ -137,7 +137,10 @@ class SearchConsumer(AsyncWebsocketConsumer):
         if kind == "message":
             # turn.accepted reaches this socket through the session's group, like every event.
             await run_in_pool(turns.submit_message)(
-                self.session, data.get("text"), address=_address(self.scope)
+                self.session,
+                data.get("text"),
+                address=_address(self.scope),
+                restate=data.get("restate", False),
             )
         elif kind == "feedback":
             await run_in_pool(feedback.record_feedback)(

@@ -73,8 +73,13 @@ def submit_message(
     *,
     address: str | None = None,
     enqueue: Callable[[Turn], None] | None = None,
+    restate: Any = False,
 ) -> Turn:
     """Validate a shopper's message, store it as the session's next turn and enqueue the turn.
+
+    ``restate``: the message is the shopper's own rewrite of what the search understood (the
+    page's editable description). It replaces the dialogue so far: this turn and the next ones
+    search from it, as if the conversation had started there.
 
     ``enqueue`` replaces sending the turn's tasks to Celery (the dialogue benchmark runs them in
     its own process, through the same stages); the ``turn.accepted`` event goes out either way.
@@ -84,6 +89,8 @@ def submit_message(
     ``admission``), or a rate limit.
     """
     text = clean_message(text)
+    if not isinstance(restate, bool):
+        raise SearchError("invalid", "restate is true or false.")
     with transaction.atomic():
         # Touching the session row locks it: concurrent messages are serialised, so indexes stay
         # gapless.
@@ -92,25 +99,27 @@ def submit_message(
         previous = list(
             Turn.objects.filter(session_id=session.pk)
             .order_by("index")
-            .values_list("message", "status", "created_at", "started_at")
+            .values_list("status", "created_at", "started_at", "context")
         )
         if len(previous) >= settings.DAR_MAX_TURNS_PER_SESSION:
             raise SearchError(
                 "too_many_turns",
                 "This search has reached its length limit; please start a new search.",
             )
-        if any(_looks_stuck(status, created, started) for _, status, created, started in previous):
+        if any(_looks_stuck(status, created, started) for status, created, started, _ in previous):
             # An earlier turn outlived its limit: fail it, or the new one would wait behind it.
             sweep_stuck_turns(session_id=session.pk)
         # Before the rate limit: a message refused for overload must not count against it.
         place = admission.admit(session.pk)
         ratelimit.check_turn_allowed(session.pk, address)
-        messages = [message for message, *_ in previous]
+        # Each turn's dialogue is the one before it plus this message; a restatement starts anew.
+        before = [] if restate or not previous else list(previous[-1][3])
         turn = Turn.objects.create(
             session_id=session.pk,
             index=len(previous),
             message=text,
-            context=[*messages, text],
+            context=[*before, text],
+            restates=restate,
             # The gpu task's id, chosen here so that the row is written once.
             task_id=str(uuid.uuid4()),
         )
@@ -125,6 +134,7 @@ def _enqueue(turn: Turn, place: admission.Place | None, send: Callable[[Turn], N
         "type": "turn.accepted",
         "turn": turn.index,
         "message": turn.message,
+        "restates": turn.restates,
         "status": "queued",
     }
     batch = [accepted] if place is None else [accepted, place.event(turn.index)]

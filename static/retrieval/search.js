@@ -21,6 +21,10 @@
     progress: $("progress"),
     refined: $("refined"),
     fallback: $("refined-fallback"),
+    editRefined: $("edit-refined"),
+    editor: $("refined-editor"),
+    editorInput: $("refined-input"),
+    editorCancel: $("refined-cancel"),
     prompts: $("prompts"),
     previews: $("previews"),
     results: $("results"),
@@ -45,6 +49,7 @@
   // The text of the last message sent: a refused message (busy, rate limited) is not stored by
   // the server, so the page puts it back into the composer for the shopper to send again.
   let lastSent = "";
+  let lastSentRestates = false; // whether it was a rewrite of "what I understood"
   // While a turn runs the page expects events; after this long without any it asks for the
   // state again (a turn that ended while an event was lost, or one stuck in line, is then shown
   // as it is: the server fails turns past their time limit when the page restores).
@@ -187,7 +192,7 @@
         renderState(event.session);
         break;
       case "turn.accepted":
-        addUserBubble(event.turn, event.message);
+        addUserBubble(event.turn, event.message, event.restates);
         startTurn(event.turn);
         setStep("text", "active", event.turn);
         setBusy(true);
@@ -284,8 +289,10 @@
     const text = event.message || "Something went wrong.";
     if (event.turn === null || event.turn === undefined) {
       // The message was refused (too long, too fast, too busy...): nothing was stored and no turn
-      // runs; the text goes back into the composer (unless something new was typed meanwhile).
-      if (lastSent && !els.input.value.trim()) {
+      // runs; the text goes back where it was typed (unless something new was typed meanwhile).
+      if (lastSent && lastSentRestates) {
+        openEditor(lastSent);
+      } else if (lastSent && !els.input.value.trim()) {
         els.input.value = lastSent;
         updateCount();
       }
@@ -320,7 +327,7 @@
     clearUnderstanding();
     const turns = session.turns || [];
     turns.forEach((turn) => {
-      addUserBubble(turn.index, turn.message);
+      addUserBubble(turn.index, turn.message, turn.restates);
       if (turn.question) addBubble("assistant question", turn.question, turn.index);
       if (turn.error) addBubble("system error", turn.error.message, turn.index);
     });
@@ -370,9 +377,13 @@
     }
   }
 
-  function addUserBubble(turn, message) {
+  function addUserBubble(turn, message, restates) {
     if (els.log.querySelector(".bubble.user[data-turn='" + turn + "']")) return;
-    addBubble("user", message, turn);
+    const node = addBubble("user", message, turn);
+    if (restates) {
+      // A rewrite of what the search understood: the dialogue starts again from it.
+      node.prepend(el("span", "restated-label", "Corrected description:"));
+    }
   }
 
   function addBubble(kind, text, turn) {
@@ -418,6 +429,8 @@
     els.refined.textContent = "Nothing yet.";
     els.refined.classList.add("muted");
     els.fallback.hidden = true;
+    els.editRefined.hidden = true;
+    closeEditor();
     els.prompts.replaceChildren();
     els.previews.replaceChildren(el("div", "preview placeholder", "no preview yet"));
     els.results.replaceChildren(
@@ -431,6 +444,7 @@
   function renderRefined(description, prompts, fallback, note) {
     els.refined.textContent = description || "";
     els.refined.classList.toggle("muted", !description);
+    els.editRefined.hidden = !description;
     els.fallback.hidden = !fallback;
     // Why the language model's description was not used (invented words, dropped the latest
     // message, too long, another language): the page says so.
@@ -618,6 +632,7 @@
       }
       sendFrame({ type: "message", text: text });
       lastSent = text;
+      lastSentRestates = false;
       els.input.value = "";
       updateCount();
     } catch (err) {
@@ -626,6 +641,43 @@
     } finally {
       els.input.focus();
     }
+  }
+
+  // --- correcting "what I understood" -----------------------------------------------------------
+
+  function openEditor(text) {
+    els.editorInput.value = text;
+    els.editor.hidden = false;
+    els.refined.hidden = true;
+    els.editRefined.setAttribute("aria-expanded", "true");
+    els.editorInput.focus();
+  }
+
+  function closeEditor() {
+    els.editor.hidden = true;
+    els.refined.hidden = false;
+    els.editRefined.setAttribute("aria-expanded", "false");
+  }
+
+  function submitCorrection(event) {
+    event.preventDefault();
+    const text = els.editorInput.value.trim();
+    if (!text) {
+      showFormError("Describe what you are looking for.");
+      return;
+    }
+    if (text.length > config.maxChars) {
+      showFormError(tooLongMessage(text.length));
+      return;
+    }
+    if (busy || !sessionId) return;
+    showFormError("");
+    setBusy(true);
+    sendFrame({ type: "message", text: text, restate: true });
+    lastSent = text;
+    lastSentRestates = true;
+    closeEditor();
+    els.editRefined.focus();
   }
 
   function tooLongMessage(length) {
@@ -647,6 +699,8 @@
     const over = length > config.maxChars;
     els.form.dataset.busy = busy ? "true" : "false";
     els.send.disabled = busy || over;
+    els.editRefined.disabled = busy;
+    $("refined-send").disabled = busy;
     els.send.textContent = busy ? "Searching…" : "Send";
     let status = "";
     if (busy && queued) {
@@ -699,6 +753,22 @@
     }
   });
   els.newSearch.addEventListener("click", newSearch);
+  els.editRefined.addEventListener("click", () => openEditor(els.refined.textContent));
+  els.editorCancel.addEventListener("click", () => {
+    closeEditor();
+    els.editRefined.focus();
+  });
+  els.editor.addEventListener("submit", submitCorrection);
+  els.editorInput.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      els.editor.requestSubmit();
+    }
+    if (event.key === "Escape") {
+      closeEditor();
+      els.editRefined.focus();
+    }
+  });
 
   sessionId = loadSessionId();
   if (sessionId) {
