@@ -43,7 +43,7 @@ class Turn(models.Model):
     context = models.JSONField(default=list)
     # The shopper rewrote "what I understood" and sent it: the dialogue starts again from this
     # message (``context`` holds it alone), the earlier messages stay in the transcript.
-    restates = models.BooleanField(default=False)
+    restates = models.BooleanField(default=False, db_default=False)
     refined_query = models.TextField(blank=True)
     prompts = models.JSONField(default=list, blank=True)
     refinement_fallback = models.BooleanField(default=False)

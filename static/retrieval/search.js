@@ -500,7 +500,10 @@
     body.appendChild(title);
     const offer = productLine(item);
     if (offer) body.appendChild(offer);
-    body.appendChild(el("span", "score small muted", "score " + Number(item.score).toFixed(3)));
+    // Scores mean something to staff tuning the search, not to shoppers.
+    if (config.showTimings) {
+      body.appendChild(el("span", "score small muted", "score " + Number(item.score).toFixed(3)));
+    }
     const meta = el("div", "result-meta");
     // The product page when the shop gave one, else the item's picture.
     const open = el("a", "result-open", "Open");
