@@ -466,7 +466,7 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
             # A bad date range: the page (form included) for the period alone, saying what was
             # wrong, instead of a bare error text.
             filter_error = selected.content.decode()
-            period = {k: v for k, v in request.GET.items() if k not in ("start", "end")}
+            period = {k: str(v) for k, v in request.GET.items() if k not in ("start", "end")}
             shown = self._dashboard_input(request, period)
             assert not isinstance(shown, HttpResponse)  # without dates nothing is refused
             selected = shown
