@@ -161,3 +161,17 @@ def redis_client() -> Iterator[Any]:
     client = redis.Redis.from_url(settings.REDIS_URL)
     yield client
     client.close()
+
+
+@pytest.fixture
+def no_task_queue(monkeypatch: Any) -> list[tuple[str, Any]]:
+    """Accepted turns announce themselves but send no Celery task: no worker runs in these tests,
+    and tasks left in this run's queues would reach the next test's workers."""
+    from types import SimpleNamespace
+
+    from retrieval.services import turns
+
+    sent: list[tuple[str, Any]] = []
+    fake_app = SimpleNamespace(send_task=lambda name, **kwargs: sent.append((name, kwargs)))
+    monkeypatch.setattr(turns, "current_app", fake_app)
+    return sent

@@ -4,7 +4,6 @@ dialogue from it (issue 13). Service, REST, websocket, ranking and the page in C
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,13 +28,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def sent(monkeypatch: Any) -> list[tuple[str, Any]]:
-    """Accepted turns send no Celery task here: no worker runs, and a task left in this run's
-    queues would reach a later test's worker."""
-    tasks: list[tuple[str, Any]] = []
-    fake_app = SimpleNamespace(send_task=lambda name, **kwargs: tasks.append((name, kwargs)))
-    monkeypatch.setattr(turns, "current_app", fake_app)
-    return tasks
+def sent(no_task_queue: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    return no_task_queue
 
 
 def _session() -> SearchSession:

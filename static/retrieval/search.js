@@ -611,15 +611,19 @@
 
   // --- composing -----------------------------------------------------------------------------
 
+  // What the server would refuse, said before sending: empty or too long (nothing is cut).
+  function textProblem(text) {
+    if (!text) return "Describe what you are looking for.";
+    if (text.length > config.maxChars) return tooLongMessage(text.length);
+    return "";
+  }
+
   async function submit(event) {
     event.preventDefault();
     const text = els.input.value.trim();
-    if (!text) {
-      showFormError("Describe what you are looking for.");
-      return;
-    }
-    if (text.length > config.maxChars) {
-      showFormError(tooLongMessage(text.length));
+    const problem = textProblem(text);
+    if (problem) {
+      showFormError(problem);
       return;
     }
     if (busy) {
@@ -665,12 +669,9 @@
   function submitCorrection(event) {
     event.preventDefault();
     const text = els.editorInput.value.trim();
-    if (!text) {
-      showFormError("Describe what you are looking for.");
-      return;
-    }
-    if (text.length > config.maxChars) {
-      showFormError(tooLongMessage(text.length));
+    const problem = textProblem(text);
+    if (problem) {
+      showFormError(problem);
       return;
     }
     if (busy || !sessionId) return;
