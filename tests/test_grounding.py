@@ -118,6 +118,9 @@ def test_a_question_is_never_repeated_nor_already_answered() -> None:
     assert again != asked
     assert again is None or not (_stems(again) & _stems(asked) - {"should", "be"})
     assert questions.review("Is it a heart?", first, HEARTS) != "Is it a heart?"
+    # A question about taste names nothing the candidates differ in: theirs is asked instead.
+    vague = "What's your favorite color?"
+    assert questions.review(vague, first, HEARTS) not in (vague, None)
 
 
 # --- languages --------------------------------------------------------------------------------

@@ -50,6 +50,13 @@ _QUESTION_WORDS = frozenset(
         "size",
         "look",
         "looks",
+        # Asking for a taste names no product word: "What's your favorite color?" after "a green
+        # frog" asks nothing the candidates differ in (seen on the demo).
+        "what's",
+        "favorite",
+        "favourite",
+        "particular",
+        "exactly",
     ]
 )
 MAX_TERMS = 3
