@@ -26,6 +26,8 @@ from django.db import connection, transaction
 
 from catalog.models import CatalogItem, ItemEmbedding
 
+from .item_filters import ItemFilter, condition
+
 _TABLE = ItemEmbedding._meta.db_table
 _ITEMS = CatalogItem._meta.db_table
 # Out-of-stock items are never shown. The condition sits in the WHERE of the ranking query
@@ -164,12 +166,33 @@ def search(
     exact: bool = False,
     ef_search: int = 100,
     exclude: Sequence[int] = (),
+    filters: Sequence[ItemFilter] = (),
 ) -> list[Hit]:
-    """Top-k items of a catalog by inner product with ``query``.
+    """Top-k items of a catalog by inner product with ``query``, among the items passing
+    ``filters`` (``item_filters``; in the same query).
 
     ``exact`` forces a sequential scan (brute force, the evaluation default); otherwise PostgreSQL
     may use the HNSW index, with iterative scans so the catalog filter cannot starve the result.
     """
+    hits = _search(catalog_id, space, model_name, query, k, exact, ef_search, exclude, filters)
+    if filters and not exact and len(hits) < k:
+        # A very selective filter can outlast an iterative scan (hnsw.max_scan_tuples): the exact
+        # scan then finds every match, so fewer than k comes back only when fewer match.
+        hits = _search(catalog_id, space, model_name, query, k, True, ef_search, exclude, filters)
+    return hits
+
+
+def _search(
+    catalog_id: int,
+    space: str,
+    model_name: str,
+    query: np.ndarray,
+    k: int,
+    exact: bool,
+    ef_search: int,
+    exclude: Sequence[int],
+    filters: Sequence[ItemFilter],
+) -> list[Hit]:
     dim = int(query.shape[-1])
     literal = _literal(query)
     score = f"(vector::vector({dim})) <#> %s::vector({dim})"
@@ -180,6 +203,9 @@ def search(
         params.append(list(exclude))
     where += unavailable_filter("item_id")
     params.append(catalog_id)
+    filtered, filter_params = condition(filters, "item_id")
+    where += filtered
+    params.extend(filter_params)
     exact = exact or dim > MAX_INDEXED_DIM
     if exact:
         sql = (
@@ -241,8 +267,10 @@ def search_with_product_text(
     text_weight: float,
     k: int,
     exclude: Sequence[int] = (),
+    filters: Sequence[ItemFilter] = (),
 ) -> list[Hit]:
-    """Exact ranking by image similarity plus weighted product-text similarity.
+    """Exact ranking by image similarity plus weighted product-text similarity (among the
+    items passing ``filters``).
 
     The two spaces come from different models, so this cannot be one vector: it joins each image
     vector with its item's text vector and scans the catalog (catalog-sized, not corpus-sized).
@@ -268,6 +296,9 @@ def search_with_product_text(
         params.append(list(exclude))
     sql += unavailable_filter("i.item_id")
     params.append(catalog_id)
+    filtered, filter_params = condition(filters, "i.item_id")
+    sql += filtered
+    params.extend(filter_params)
     sql += " ORDER BY score DESC, i.item_id LIMIT %s"
     params.append(int(k))
     with connection.cursor() as cursor:
