@@ -133,10 +133,12 @@ def _store_turn(
             .order_by("index")
             .values_list("message", "status", "created_at", "started_at", "context")
         )
+        # The dialogue so far: the latest turn's (every message, unless a turn searched again).
         last_context = [str(m) for m in previous[-1][4]] if previous else []
+        last_context = last_context or [str(message) for message, *_ in previous]
         # A click counts the messages said before it: the words of a message with that index or
         # later (one sent with the click included) win over it.
-        at = len(last_context) if text is None else len(previous)
+        at = len(last_context)
         change = search_filters.parse_change(session.catalog_id, raw_filters, at)
         state = SearchSession.objects.values_list("filters", flat=True).get(pk=session.pk)
         if change:
@@ -161,7 +163,8 @@ def _store_turn(
             # The same dialogue searched again with other filters.
             text, context = str(previous[-1][0]), last_context
         else:
-            context = [*(message for message, *_ in previous), text]
+            # The dialogue so far (a turn that searched again with other filters said nothing).
+            context = [*last_context, text]
         turn = Turn.objects.create(
             session_id=session.pk,
             index=len(previous),
