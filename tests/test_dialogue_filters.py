@@ -206,7 +206,7 @@ def test_a_red_dress_under_40_euros_returns_only_those_with_their_price(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_price_filters_compare_in_their_currency_inside_the_query() -> None:
+def test_price_filters_compare_in_their_currency_inside_the_query(settings: Any) -> None:
     catalog = _embedded_catalog()
     from workers.models.registry import get_encoder
 
@@ -226,7 +226,9 @@ def test_price_filters_compare_in_their_currency_inside_the_query() -> None:
     assert {h.item_id for h in hits} == set(
         CatalogItem.objects.filter(catalog=catalog, currency="USD").values_list("pk", flat=True)
     )
-    for exact in (True, False):
+    # Exact scan, iterative HNSW scan (the filter inside the query), and by the matching ids.
+    for exact, exact_max in ((True, 0), (False, 0), (False, 1000)):
+        settings.DAR_FILTER_EXACT_MAX = exact_max
         blue_shirts = vectors.search(
             catalog_id=catalog.pk,
             space="image",
