@@ -15,6 +15,14 @@ from catalog.services import vectors
 from catalog.services.item_filters import ItemFilter
 from retrieval.models import SearchSession, Turn
 from retrieval.services import filters, payloads, pipeline, text_stage, turns
+from tests.browser import (
+    CHROMIUM,
+    axe_violations,
+    chromium,
+    live_server,
+    off_loop,
+    open_stored_search,
+)
 from tests.factories import (
     CatalogFactory,
     CatalogItemFactory,
@@ -374,3 +382,66 @@ def test_rest_takes_explicit_filters_and_refuses_bad_ones(
     session = client.get(f"{base}/").json()
     assert session["filters"]["removed"] == ["brand"]
     assert session["turns"][1]["filters"] == removed.json()["turn"]["filters"]
+
+
+# --- the page --------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
+def test_the_page_shows_chips_removes_one_and_picks_a_facet(
+    transactional_db: None, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(turns, "_send_tasks", _no_tasks)  # no workers: the turns stay queued
+    said = "a red product under 45 euros"
+
+    def make_products(session_id: str) -> None:
+        items = list(CatalogItem.objects.filter(catalog__slug="shapes").order_by("pk"))
+        for n, item in enumerate(items):
+            item.price, item.currency = D("39.90") + n, "EUR"
+            item.brand = "ACME" if n % 2 else "Bolt"
+            item.attributes = {"color": "red" if n % 3 else "blue"}
+            item.save()
+        turn = Turn.objects.get(session_id=session_id, index=0)
+        turn.message, turn.context = said, [said]
+        turn.filters = filters.for_turn(turn.session.catalog_id, {}, turn.context)
+        turn.save()
+
+    def chips(page: Any) -> list[str]:
+        return [t.strip() for t in page.locator("#filter-chips .chip-label").all_inner_texts()]
+
+    with chromium() as browser, live_server() as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
+        session_id = open_stored_search(page, server, wait=False)
+        off_loop(lambda: make_products(session_id))
+        page.reload()
+        page.wait_for_selector("#filter-chips .chip >> nth=1", timeout=30_000)
+        assert sorted(chips(page)) == ["color: red", "under 45.00 EUR"]
+        assert not axe_violations(page)
+
+        page.get_by_role("button", name="Remove filter: under 45.00 EUR").click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#filter-chips .chip-label')]"
+            ".every((c) => !c.textContent.includes('EUR'))",
+            timeout=30_000,
+        )
+        assert chips(page) == ["color: red"]
+        stored = off_loop(lambda: SearchSession.objects.get(pk=session_id).filters)
+        assert list(stored["removed"]) == ["price"]
+        again = off_loop(lambda: Turn.objects.get(session_id=session_id, index=1))
+        assert again.context == [said] and not any(
+            f["key"] == "price" for f in again.filters["active"]
+        )
+
+        # The turn stays queued without workers: end it, then pick a brand in the picker.
+        off_loop(lambda: Turn.objects.filter(session_id=session_id).update(status="done"))
+        page.reload()
+        page.wait_for_selector("#filter-chips .chip", timeout=30_000)
+        page.locator("#filter-picker summary").click()
+        page.select_option("#filter-key", "brand")
+        page.select_option("#filter-value", "ACME")
+        page.locator("#filter-apply").click()
+        page.wait_for_selector("#filter-chips .chip[data-source='picked']", timeout=30_000)
+        assert sorted(chips(page)) == ["brand: ACME", "color: red"]
+        assert off_loop(lambda: Turn.objects.filter(session_id=session_id).count()) == 3
