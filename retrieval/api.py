@@ -134,8 +134,7 @@ FILTERS_HELP = (
 
 
 class FilterChangeIn(serializers.Serializer):
-    # DRF's metaclass takes declared fields out of the class (see ClickIn.source).
-    set = serializers.ListField(  # type: ignore[assignment]
+    set = serializers.ListField(
         child=serializers.DictField(), required=False, help_text="Filters to pick."
     )
     remove = serializers.ListField(

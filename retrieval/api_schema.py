@@ -77,10 +77,13 @@ class FilterOut(serializers.Serializer):
     currency = serializers.CharField(
         help_text="The price filter's currency: items priced in another never match it."
     )
-    source = serializers.ChoiceField(
+    # DRF's metaclass takes declared fields out of the class (see api.ClickIn.source).
+    source = serializers.ChoiceField(  # type: ignore[assignment]
         choices=["said", "picked"], help_text="From the dialogue, or picked by the shopper."
     )
-    label = serializers.CharField(help_text='For people, e.g. "under 40.00 EUR".')
+    label = serializers.CharField(  # type: ignore[assignment]
+        help_text='For people, e.g. "under 40.00 EUR".'
+    )
 
 
 class TurnFiltersOut(serializers.Serializer):

@@ -3,6 +3,7 @@ the ranking query, relaxed with a notice when nothing matches, picked and remove
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -396,7 +397,7 @@ def test_the_page_shows_chips_removes_one_and_picks_a_facet(
     monkeypatch.setattr(turns, "_send_tasks", _no_tasks)  # no workers: the turns stay queued
     said = "a red product under 45 euros"
 
-    def make_products(session_id: str) -> None:
+    def make_products(session_id: uuid.UUID) -> None:
         items = list(CatalogItem.objects.filter(catalog__slug="shapes").order_by("pk"))
         for n, item in enumerate(items):
             item.price, item.currency = D("39.90") + n, "EUR"
@@ -413,7 +414,7 @@ def test_the_page_shows_chips_removes_one_and_picks_a_facet(
 
     with chromium() as browser, live_server() as server:
         page = browser.new_page(viewport={"width": 1280, "height": 900}, locale="en-GB")
-        session_id = open_stored_search(page, server, wait=False)
+        session_id = uuid.UUID(open_stored_search(page, server, wait=False))
         off_loop(lambda: make_products(session_id))
         page.reload()
         page.wait_for_selector("#filter-chips .chip >> nth=1", timeout=30_000)

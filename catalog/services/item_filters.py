@@ -38,7 +38,8 @@ class ItemFilter:
 
 def _one(f: ItemFilter) -> tuple[str, list[Any]]:
     if f.is_price:
-        sql, params = "f.price IS NOT NULL AND f.currency = %s", [f.currency]
+        sql = "f.price IS NOT NULL AND f.currency = %s"
+        params: list[Any] = [f.currency]
         if f.low is not None:
             sql += " AND f.price >= %s"
             params.append(f.low)
@@ -54,7 +55,8 @@ def _one(f: ItemFilter) -> tuple[str, list[Any]]:
 
 def item_condition(filters: Sequence[ItemFilter]) -> tuple[str, list[Any]]:
     """The filters' conditions on an items row aliased ``f`` (ANDed), with their params."""
-    parts, params = [], []
+    parts: list[str] = []
+    params: list[Any] = []
     for f in filters:
         sql, more = _one(f)
         parts.append(f"({sql})")

@@ -202,8 +202,8 @@ def _checked(raw: Any, vocab: Vocabulary, at: int) -> Filter:
         values = [values]
     if not isinstance(values, list) or not values or len(values) > MAX_VALUES:
         raise _bad(f'The {key} filter needs "values": a list of 1 to {MAX_VALUES} of its values.')
-    known = list(AVAILABLE) if key == AVAILABILITY else vocab.values[key]
-    by_fold = {fold(v): v for v in known}
+    allowed = list(AVAILABLE) if key == AVAILABILITY else vocab.values[key]
+    by_fold = {fold(v): v for v in allowed}
     chosen = []
     for value in values:
         match = by_fold.get(fold(value)) if isinstance(value, str) else None
