@@ -101,7 +101,8 @@ def rank(
         query=query,
         k=k,
         exact=exact,
-        ef_search=settings.DAR_HNSW_EF_SEARCH,
+        # A filter skips most of what the index reads: a wider search keeps recall.
+        ef_search=settings.DAR_FILTER_EF_SEARCH if filters else settings.DAR_HNSW_EF_SEARCH,
         exclude=exclude,
         filters=filters,
     )
