@@ -107,6 +107,9 @@ def test_corrections_replace_and_remove_what_was_said() -> None:
     assert heard["availability"][0] == ("in_stock",)
     # Whole words only: "redwood" is not red, "acmeish" not Acme.
     assert _heard("a redwood acmeish box") == {}
+    # A catalog without prices has no price to filter by.
+    unpriced = Vocabulary(VOCAB.values, [])
+    assert "price" not in extract(["a red dress under 40 euros"], unpriced).filters
 
 
 # --- with the catalog ------------------------------------------------------------------------
@@ -131,10 +134,14 @@ def test_only_the_catalogs_own_values_become_filters() -> None:
     _item(
         catalog, "c", "9", brand="Gone", availability="out_of_stock", attributes={"color": "pink"}
     )
+    # An attribute with a value per item names items (codes, aliases): no filter.
+    for n in range(filters.NAMING_MIN_VALUES + 1):
+        _item(catalog, f"n{n}", None, attributes={"alias": f"thing {n}"})
     vocab = filters.vocabulary(catalog.pk)
     assert sorted(vocab.values["brand"]) == ["Acme", "Bolt"]  # not the out-of-stock one's
     assert sorted(vocab.values["color"]) == ["blue", "green", "red"]
     assert "size" not in vocab.values and vocab.currencies == ["EUR"]
+    assert "alias" not in vocab.values
     wanted = filters.wanted({}, ["a pink Nike dress in green, by bolt"], vocab)
     assert {f.key: f.values for f in wanted} == {"color": ("green",), "brand": ("Bolt",)}
 

@@ -29,7 +29,7 @@ from django.db import connection
 from django.db.models import Count, Max
 
 from catalog.models import Catalog, CatalogItem
-from catalog.services.facets import catalog_facets
+from catalog.services.facets import Facet, catalog_facets
 from catalog.services.item_filters import ItemFilter, item_condition
 from workers.models import said_filters
 from workers.models.said_filters import AVAILABILITY, PRICE, Vocabulary, fold
@@ -45,6 +45,9 @@ _CERTAINTY = {"category": 1, "brand": 2, AVAILABILITY: 3, PRICE: 4}
 # Every value of every facet is needed to recognise and check them (the facets list 50).
 VOCABULARY_VALUES = 5000
 VOCABULARY_SECONDS = 60
+# An attribute with more distinct values than this and than half its items is a name (see
+# ``_names_items``).
+NAMING_MIN_VALUES = 20
 MAX_FILTERS = 20
 MAX_VALUES = 50
 MAX_PRICE = Decimal("9999999999.99")  # CatalogItem.price: 12 digits, 2 decimals
@@ -129,12 +132,20 @@ def vocabulary(catalog_id: int) -> Vocabulary:
         if facet.type == "number" and (facet.name == PRICE or facet.name.startswith("price_")):
             # facets.py names price facets price_<currency> (plain "price": no currency given).
             prices.append((facet.items, facet.name.removeprefix(PRICE).removeprefix("_").upper()))
-        elif facet.type == "text" and facet.name != AVAILABILITY:
+        elif facet.type == "text" and facet.name != AVAILABILITY and not _names_items(facet):
             values[facet.name] = [str(v) for v, _ in facet.values]
     currencies = [code for _, code in sorted(prices, key=lambda p: (-p[0], p[1]))]
     found = Vocabulary(values, currencies)
     cache.set(key, found, VOCABULARY_SECONDS)
     return found
+
+
+def _names_items(facet: Facet) -> bool:
+    """An attribute with about one value per item (codes, aliases, names) names items rather
+    than grouping them: its values are no filters (the search itself finds a named item)."""
+    if facet.name in ("brand", "category"):
+        return False
+    return facet.distinct > max(NAMING_MIN_VALUES, facet.items // 2)
 
 
 # --- what the shopper clicks: checked, or a clear 400 -------------------------------------------

@@ -337,7 +337,7 @@ def extract(messages: list[str], vocabulary: Vocabulary) -> Heard:
         if _CLEAR_PRICE.search(message):
             found.pop(PRICE, None)
             cleared[PRICE] = at
-        else:
+        elif vocabulary.currencies:  # a catalog without prices has no price to filter by
             bounds = price_bounds(message)
             if bounds is not None:
                 found[PRICE] = _merge_price(found.get(PRICE), bounds, at, default_currency)
