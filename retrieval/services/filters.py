@@ -310,9 +310,11 @@ def for_turn(catalog_id: int, state: dict[str, Any], context: Sequence[str]) -> 
     """A turn's ``filters``: ``active`` (ranked with), ``relaxed`` and the ``notice``."""
     active = wanted(state, context, vocabulary(catalog_id))
     relaxed: list[Filter] = []
+    # Nothing to relax towards in a catalog with no available item at all.
     if active and not _any_match(catalog_id, active) and _any_match(catalog_id, []):
+        relaxed.append(active.pop())  # the least certain is last
         while active and not _any_match(catalog_id, active):
-            relaxed.append(active.pop())  # the least certain is last
+            relaxed.append(active.pop())
     notice = ""
     if relaxed:
         notice = (
@@ -339,9 +341,12 @@ def item_filters(turn_filters: dict[str, Any]) -> list[ItemFilter]:
 def payload(turn_filters: dict[str, Any]) -> dict[str, Any]:
     """A turn's filters as the events and the REST API show them."""
     data = turn_filters or {}
-    strip = lambda f: {k: v for k, v in f.items() if k != "at"}  # noqa: E731
     return {
-        "active": [strip(f) for f in data.get("active") or []],
-        "relaxed": [strip(f) for f in data.get("relaxed") or []],
+        "active": [_shown(f) for f in data.get("active") or []],
+        "relaxed": [_shown(f) for f in data.get("relaxed") or []],
         "notice": str(data.get("notice") or ""),
     }
+
+
+def _shown(stored: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stored.items() if k != "at"}  # "at" is bookkeeping
