@@ -50,6 +50,8 @@ D = Decimal
         ("no more than £15", None, "15", "GBP"),
         ("at least 100 dollars", "100", None, "USD"),
         ("from 20 to 50 euros", "20", "50", "EUR"),
+        ("from 20 euros", "20", None, "EUR"),
+        ("over 30", "30", None, ""),
         ("over 1,000 USD", "1000", None, "USD"),
         ("moins de 40 €", None, "40", "EUR"),
         ("unter 40 Euro", None, "40", "EUR"),
@@ -68,7 +70,15 @@ def test_price_phrasings(text: str, low: str | None, high: str | None, currency:
 
 
 @pytest.mark.parametrize(
-    "text", ["a table under 40 cm", "a 2 euro coin holder", "size 38 shoes", "iphone 13 case"]
+    "text",
+    [
+        "a table under 40 cm",
+        "a 2 euro coin holder",
+        "size 38 shoes",
+        "iphone 13 case",
+        "a dress from 2019",
+        "for 2+ people",
+    ],
 )
 def test_numbers_that_are_not_prices(text: str) -> None:
     assert price_bounds(text) is None

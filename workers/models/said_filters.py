@@ -109,6 +109,10 @@ _ABOVE = (
     r"più di|piu di|almeno|"
     r"boven|meer dan|vanaf"
 )
+# Lower-bound words that also start dates and places ("from 2019", "ab Werk").
+_FROM = re.compile(
+    r"(?:starting (?:at|from)|from|à partir de|a partir de|ab|desde|vanaf)\b", re.IGNORECASE
+)
 _ABOVE_AFTER = r"or more|and up|and above|or above|\+|plus"
 _BETWEEN = r"between|from|entre|zwischen|tra|fra|tussen"
 _AND = r"and|to|-|\u2013|\u2014|et|und|y|e|en|bis|a|à"
@@ -211,8 +215,12 @@ def price_bounds(text: str) -> _Bounds | None:
             value = _value(match, "x")
             if value is None:
                 continue
-            # "from 20" alone is a lower bound; bare "+"/"plus" need a currency to mean money.
-            if pattern is _LOW_AFTER and not _currency(match, "x"):
+            # "over 20" alone is a lower bound, but "from 2019", "20+" and "20 plus" need a
+            # currency to mean money.
+            vague = pattern is _LOW_AFTER or (
+                pattern is _LOW and _FROM.match(match.group(0)) is not None
+            )
+            if vague and not _currency(match, "x"):
                 continue
             currency = currency or _currency(match, "x")
             if is_high and high is None:
