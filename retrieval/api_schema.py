@@ -93,6 +93,9 @@ class TurnFiltersOut(serializers.Serializer):
         help_text="Filters let go because no item matched them all (least certain first).",
     )
     notice = serializers.CharField(help_text="What the shopper is told of relaxed filters.")
+    again = serializers.BooleanField(
+        help_text="The turn searches the latest message again because the filters changed."
+    )
 
 
 class FilterStateOut(serializers.Serializer):

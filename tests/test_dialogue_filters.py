@@ -311,6 +311,7 @@ def test_a_removed_chip_stays_removed_until_said_again(offline_models: Any) -> N
     # The same dialogue searched again, without the price.
     assert (again.index, again.message, again.context) == (1, first.message, first.context)
     assert "price" not in {f["key"] for f in again.filters["active"]}
+    assert again.filters["again"] and not first.filters["again"]
     later = turns.submit_message(session, "with long sleeves", enqueue=_no_tasks)
     assert "price" not in {f["key"] for f in later.filters["active"]}
     said = turns.submit_message(session, "under 50 euros", enqueue=_no_tasks)
@@ -445,6 +446,8 @@ def test_the_page_shows_chips_removes_one_and_picks_a_facet(
             timeout=30_000,
         )
         assert chips(page) == ["color: red"]
+        # The chat says the search ran again (the shopper said nothing new).
+        page.wait_for_selector("#chat-log .bubble.again", timeout=30_000)
         stored = off_loop(lambda: SearchSession.objects.get(pk=session_id).filters)
         assert list(stored["removed"]) == ["price"]
         again = off_loop(lambda: Turn.objects.get(session_id=session_id, index=1))

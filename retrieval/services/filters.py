@@ -306,8 +306,11 @@ def _any_match(catalog_id: int, filters: Sequence[Filter]) -> bool:
         return bool(cursor.fetchone()[0])
 
 
-def for_turn(catalog_id: int, state: dict[str, Any], context: Sequence[str]) -> dict[str, Any]:
-    """A turn's ``filters``: ``active`` (ranked with), ``relaxed`` and the ``notice``."""
+def for_turn(
+    catalog_id: int, state: dict[str, Any], context: Sequence[str], *, again: bool = False
+) -> dict[str, Any]:
+    """A turn's ``filters``: ``active`` (ranked with), ``relaxed``, the ``notice``, and
+    ``again``: the turn searches the latest message again because the filters changed."""
     active = wanted(state, context, vocabulary(catalog_id))
     relaxed: list[Filter] = []
     # Nothing to relax towards in a catalog with no available item at all.
@@ -325,6 +328,7 @@ def for_turn(catalog_id: int, state: dict[str, Any], context: Sequence[str]) -> 
         "active": [f.as_dict() | {"at": f.at} for f in active],
         "relaxed": [f.as_dict() for f in relaxed],
         "notice": notice,
+        "again": again,
     }
 
 
@@ -345,6 +349,7 @@ def payload(turn_filters: dict[str, Any]) -> dict[str, Any]:
         "active": [_shown(f) for f in data.get("active") or []],
         "relaxed": [_shown(f) for f in data.get("relaxed") or []],
         "notice": str(data.get("notice") or ""),
+        "again": bool(data.get("again")),
     }
 
 

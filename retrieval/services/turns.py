@@ -159,6 +159,7 @@ def _store_turn(
         # Before the rate limit: a message refused for overload must not count against it.
         place = admission.admit(session.pk)
         ratelimit.check_turn_allowed(session.pk, address)
+        repeated = text is None
         if text is None:
             # The same dialogue searched again with other filters.
             text, context = str(previous[-1][0]), last_context
@@ -170,7 +171,7 @@ def _store_turn(
             index=len(previous),
             message=text,
             context=context,
-            filters=search_filters.for_turn(session.catalog_id, state, context),
+            filters=search_filters.for_turn(session.catalog_id, state, context, again=repeated),
             # The gpu task's id, chosen here so that the row is written once.
             task_id=str(uuid.uuid4()),
         )

@@ -198,7 +198,7 @@
         renderState(event.session);
         break;
       case "turn.accepted":
-        addUserBubble(event.turn, event.message);
+        addTurnBubble(event.turn, event.message, event.filters);
         if (event.filters && event.turn >= currentTurn) renderFilters(event.filters);
         startTurn(event.turn);
         setStep("text", "active", event.turn);
@@ -334,7 +334,7 @@
     // Before the first message: what was picked waits for it.
     if (!turns.length) renderPicked(session.filters);
     turns.forEach((turn) => {
-      addUserBubble(turn.index, turn.message);
+      addTurnBubble(turn.index, turn.message, turn.filters);
       if (turn.question) addBubble("assistant question", turn.question, turn.index);
       if (turn.error) addBubble("system error", turn.error.message, turn.index);
     });
@@ -382,6 +382,16 @@
       if (config.askQuestions) showAsking(turn.index);
     } else if (next) {
       setStep(next, "active", turn.index);
+    }
+  }
+
+  // A turn that searches the latest message again with changed filters said nothing new.
+  function addTurnBubble(turn, message, filters) {
+    if (filters && filters.again) {
+      if (els.log.querySelector(".bubble.again[data-turn='" + turn + "']")) return;
+      addBubble("system again", "Searching again with the filters changed.", turn);
+    } else {
+      addUserBubble(turn, message);
     }
   }
 
