@@ -127,8 +127,9 @@ def bulk_load(cfg: Config, catalog_id: int, data: np.ndarray) -> float:
         with cur.copy(
             "COPY catalog_catalogitem (catalog_id, image, original, sha256, width, height,"
             " source_name,"
-            " title, description, attributes, status, error, created_at, updated_at, product_id,"
-            " product_url, currency, availability, brand, category, image_source) FROM STDIN"
+            " title, description, attributes, status, error, created_at, updated_at,"
+            " product_id, product_url, currency, availability, brand, category, image_source)"
+            " FROM STDIN"
         ) as copy:
             for i in range(cfg.size):
                 copy.write_row(
@@ -147,7 +148,7 @@ def bulk_load(cfg: Config, catalog_id: int, data: np.ndarray) -> float:
                         "",
                         now,
                         now,
-                        # Product fields: none (a filtered run gives prices, set_prices).
+                        # Product data: no product id, price or link; in stock, so searchable.
                         "",
                         "",
                         "",

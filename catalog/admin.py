@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from .forms import CatalogAdminForm, OriginsField, UploadImagesForm
+from .forms import CatalogAdminForm, CatalogItemAdminForm, OriginsField, UploadImagesForm
 from .models import PRODUCT_FIELDS, Catalog, CatalogItem, ItemEmbedding, Shop
 from .services import access, embed, embedding, feeds, progress, uploads
 from .services.encoder import active_encoder_name
@@ -110,6 +110,8 @@ class CatalogAdmin(ShopScopedAdmin):
     ]
     actions = ["reembed_stale", "reembed_failed", "reembed_all", "sync_feed_now"]
     form = CatalogAdminForm
+    # The sync writes the report; the page shows its summary ("Last feed sync"), not raw JSON.
+    exclude = ["feed_report"]
     change_form_template = "admin/catalog/catalog/change_form.html"
 
     def _shop_of(self, obj: Catalog) -> Shop:
@@ -383,8 +385,6 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "height",
         "status",
         "error",
-        # Product data comes from the shop's feed: an edit here would be undone by its next sync.
-        *PRODUCT_FIELDS,
         "image_source",
         "created_at",
         "updated_at",
@@ -407,9 +407,17 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "updated_at",
     ]
     actions = ["reembed_selected"]
+    form = CatalogItemAdminForm
 
     def _shop_of(self, obj: CatalogItem) -> Shop:
         return obj.catalog.shop
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.catalog.feed_location:
+            # The shop's feed owns its product data: an edit here would be undone by the next sync.
+            fields += list(PRODUCT_FIELDS)
+        return fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[CatalogItem]:
         return access.items_for(request.user).select_related("catalog__shop")

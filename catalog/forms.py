@@ -107,3 +107,26 @@ class CatalogAdminForm(forms.ModelForm):
         if data.get("feed_interval_minutes") and not data.get("feed_location"):
             self.add_error("feed_interval_minutes", "A sync interval needs a feed location.")
         return data
+
+
+class CatalogItemAdminForm(forms.ModelForm):
+    """An item's change form. Product data is editable here only in catalogs without a feed (the
+    feed owns it otherwise); a price needs its ISO 4217 currency, like a feed row."""
+
+    def clean(self) -> dict[str, Any]:
+        from .services.feeds import RowRejected, currency
+
+        data = super().clean() or {}
+        if "currency" in self.fields:
+            code = str(data.get("currency") or "")
+            if code:
+                try:
+                    data["currency"] = currency(code)
+                except RowRejected as error:
+                    self.add_error("currency", str(error))
+            price = data.get("price")
+            if price is not None and price < 0:
+                self.add_error("price", "A price cannot be negative.")
+            if price is not None and not code:
+                self.add_error("currency", "A price needs its currency (e.g. EUR).")
+        return data

@@ -8,7 +8,7 @@ this file only wires them into the admin.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -445,13 +445,13 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         )
 
     def _dashboard_input(
-        self, request: HttpRequest
+        self, request: HttpRequest, params: Mapping[str, str] | None = None
     ) -> tuple[filters.DashboardFilter, QuerySet[SearchSession]] | HttpResponse:
         """The filter and the sessions it selects, or the 400 answer for a bad filter."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         try:
-            chosen = filters.parse(request.GET)
+            chosen = filters.parse(request.GET if params is None else params)
         except filters.FilterError as error:
             return HttpResponseBadRequest(str(error))
         visible = scope.visible_catalogs(request.user)
@@ -461,6 +461,15 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         selected = self._dashboard_input(request)
+        filter_error = ""
+        if isinstance(selected, HttpResponseBadRequest):
+            # A bad date range: the page (form included) for the period alone, saying what was
+            # wrong, instead of a bare error text.
+            filter_error = selected.content.decode()
+            period = {k: str(v) for k, v in request.GET.items() if k not in ("start", "end")}
+            shown = self._dashboard_input(request, period)
+            assert not isinstance(shown, HttpResponse)  # without dates nothing is refused
+            selected = shown
         if isinstance(selected, HttpResponse):
             return selected
         chosen, sessions = selected
@@ -496,8 +505,11 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "low_score": settings.DAR_ANALYTICS_LOW_SCORE,
             "list_limit": outcomes.LIST_LIMIT,
             "reasons": outcomes.REASONS,
+            "filter_error": filter_error,
         }
-        return TemplateResponse(request, "admin/retrieval/dashboard.html", context)
+        return TemplateResponse(
+            request, "admin/retrieval/dashboard.html", context, status=400 if filter_error else 200
+        )
 
     def dashboard_export_view(self, request: HttpRequest, table: str, fmt: str) -> HttpResponse:
         """One table of the dashboard, for the same filter, as CSV or JSON."""

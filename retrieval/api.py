@@ -145,6 +145,12 @@ class FilterChangeIn(serializers.Serializer):
 class MessageIn(serializers.Serializer):
     text = serializers.CharField()
     filters = FilterChangeIn(required=False, help_text=FILTERS_HELP)
+    restate = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="True when the text is the shopper's rewrite of the turn's refined description "
+        "('what I understood'): the dialogue starts again from it.",
+    )
 
 
 class FeedbackIn(serializers.Serializer):
@@ -268,6 +274,7 @@ class MessageView(SearchAPIView):
             body.get("text"),
             address=request.META.get("REMOTE_ADDR"),
             filters=body.get("filters"),
+            restate=body.get("restate", False),
         )
         return Response(payloads.turn_payload(turn), status=status.HTTP_202_ACCEPTED)
 

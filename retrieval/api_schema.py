@@ -112,8 +112,13 @@ class FilterStateOut(serializers.Serializer):
 class TurnOut(serializers.Serializer):
     index = serializers.IntegerField(help_text="0 for the session's first message.")
     message = serializers.CharField()
+    restates = serializers.BooleanField(
+        help_text="Whether the message rewrote the refined description: the dialogue starts "
+        "again from it."
+    )
     context = serializers.ListField(  # type: ignore[assignment]
-        child=serializers.CharField(), help_text="The dialogue this turn searched with."
+        child=serializers.CharField(),
+        help_text="The dialogue this turn searched with (from the last restatement on).",
     )
     status = serializers.ChoiceField(choices=["queued", "running", "done", "failed"])
     refined_query = serializers.CharField(help_text="The refined description ('' until refined).")

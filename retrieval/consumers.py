@@ -142,6 +142,7 @@ class SearchConsumer(AsyncWebsocketConsumer):
                 data.get("text"),
                 address=_address(self.scope),
                 filters=data.get("filters"),
+                restate=data.get("restate", False),
             )
         elif kind == "feedback":
             await run_in_pool(feedback.record_feedback)(

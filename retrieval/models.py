@@ -44,6 +44,9 @@ class Turn(models.Model):
     message = models.TextField()
     # The dialogue the turn was built from: first message as caption, later ones as rounds.
     context = models.JSONField(default=list)
+    # The shopper rewrote "what I understood" and sent it: the dialogue starts again from this
+    # message (``context`` holds it alone), the earlier messages stay in the transcript.
+    restates = models.BooleanField(default=False, db_default=False)
     refined_query = models.TextField(blank=True)
     prompts = models.JSONField(default=list, blank=True)
     refinement_fallback = models.BooleanField(default=False)

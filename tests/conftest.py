@@ -112,9 +112,32 @@ def start_worker(transactional_db: None, offline_models: dict[str, Any]) -> Any:
                 use_eventloop=event_loop,
             ) as started,
         ):
-            yield started
+            try:
+                yield started
+            finally:
+                _wait_until_workers_idle()
 
     return start
+
+
+# A test may stop watching once it saw what it checks (say, the first results), while the gpu
+# task goes on loading models and ranking. Stopping a threads-pool worker does not stop a running
+# task, so without this wait the task ran on into later tests: it held database connections while
+# their teardown truncated the tables, and the suite once hung there for good.
+WORKER_DRAIN_TIMEOUT = 600
+
+
+def _wait_until_workers_idle() -> None:
+    import time
+
+    from celery.worker import state
+
+    deadline = time.monotonic() + WORKER_DRAIN_TIMEOUT
+    while state.active_requests or state.reserved_requests:
+        if time.monotonic() > deadline:
+            running = [request.name for request in state.active_requests]
+            raise AssertionError(f"worker tasks still running after the test: {running}")
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -138,3 +161,17 @@ def redis_client() -> Iterator[Any]:
     client = redis.Redis.from_url(settings.REDIS_URL)
     yield client
     client.close()
+
+
+@pytest.fixture
+def no_task_queue(monkeypatch: Any) -> list[tuple[str, Any]]:
+    """Accepted turns announce themselves but send no Celery task: no worker runs in these tests,
+    and tasks left in this run's queues would reach the next test's workers."""
+    from types import SimpleNamespace
+
+    from retrieval.services import turns
+
+    sent: list[tuple[str, Any]] = []
+    fake_app = SimpleNamespace(send_task=lambda name, **kwargs: sent.append((name, kwargs)))
+    monkeypatch.setattr(turns, "current_app", fake_app)
+    return sent

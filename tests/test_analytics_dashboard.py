@@ -352,6 +352,10 @@ def test_dashboard_filters_by_date_range_and_catalog() -> None:
     assert bad.status_code == 400 and b"start must be a date like" in bad.content
     backwards = client.get(reverse(DASHBOARD), {"start": str(_day(1)), "end": str(_day(5))})
     assert backwards.status_code == 400 and b"before it starts" in backwards.content
+    # Still the dashboard, form included, for the period alone: not a bare error text.
+    for answer in (bad, backwards):
+        assert b'class="dashboard-filter"' in answer.content and b"errornote" in answer.content
+        assert answer.context_data["figures"].sessions == 3
 
 
 def test_shop_admin_sees_only_their_shops_figures_and_exports() -> None:

@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _run(*args: str) -> str:
     env = {**os.environ, "DAR_MODEL_PROFILE": "offline"}
-    env.pop("DJANGO_SETTINGS_MODULE", None)  # each benchmark picks its own settings
+    # Each benchmark picks its own settings, database and Redis prefix: inheriting this run's
+    # names (set in os.environ by dar_site.settings_test) made it recreate the suite's database.
+    for name in ("DJANGO_SETTINGS_MODULE", "DAR_TEST_DB_NAME", "DAR_REDIS_PREFIX"):
+        env.pop(name, None)
     done = subprocess.run(
         [sys.executable, "-m", *args],
         cwd=ROOT,

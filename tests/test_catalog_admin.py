@@ -185,8 +185,44 @@ def test_editing_an_items_text_requeues_it(
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
             reverse("admin:catalog_catalogitem_change", args=[item.pk]),
-            {"title": "new title", "description": "", "attributes": "{}"},
+            {"title": "new title", "description": "", "attributes": "{}", **_IN_STOCK},
         )
     assert response.status_code == 302, response.content
     assert sent == [[item.pk]]
     assert client.get(reverse("admin:catalog_catalogitem_add")).status_code == 403
+
+
+_IN_STOCK = {"availability": CatalogItem.Availability.IN_STOCK}
+
+
+def test_a_shop_without_a_feed_edits_product_data_in_the_admin(world: dict[str, Any]) -> None:
+    item = world["mine_item"]
+    client = logged_in(world["owner"])
+    url = reverse("admin:catalog_catalogitem_change", args=[item.pk])
+    base = {"title": item.title, "description": "", "attributes": "{}", **_IN_STOCK}
+
+    refused = client.post(url, {**base, "price": "12.50", "currency": "EUX"})
+    assert refused.status_code == 200 and b"ISO 4217" in refused.content
+    assert client.post(url, {**base, "price": "12.50"}).status_code == 200  # no currency
+    assert client.post(url, {**base, "price": "-1", "currency": "EUR"}).status_code == 200
+    item.refresh_from_db()
+    assert item.price is None  # nothing stored by the refused posts
+
+    fields = {"price": "12.50", "currency": "eur", "product_url": "https://shop.example/p/1"}
+    saved = client.post(url, {**base, **fields, "availability": "preorder"})
+    assert saved.status_code == 302, saved.content
+    item.refresh_from_db()
+    assert (str(item.price), item.currency, item.product_url, item.availability) == (
+        "12.50",
+        "EUR",
+        "https://shop.example/p/1",
+        "preorder",
+    )
+
+    # Once the catalog has a feed, the feed owns product data: the form shows it, read-only.
+    Catalog.objects.filter(pk=item.catalog_id).update(feed_location="https://shop.example/f.tsv")
+    page = client.get(url).content.decode()
+    assert 'name="price"' not in page and "12.50" in page
+    client.post(url, {**base, "price": "1.00", "currency": "EUR"})
+    item.refresh_from_db()
+    assert str(item.price) == "12.50"

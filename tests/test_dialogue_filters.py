@@ -330,6 +330,15 @@ def test_a_removed_chip_stays_removed_until_said_again(offline_models: Any) -> N
     dropped = turns.submit_message(session, "any brand", enqueue=_no_tasks)
     assert not any(f["key"] == "brand" for f in dropped.filters["active"])
 
+    # A restatement starts the dialogue again: its own words are all that was said.
+    turns.change_filters(session, {"remove": ["color"]}, enqueue=_no_tasks)
+    restated = turns.submit_message(
+        session, "a red dress under 30 euros", enqueue=_no_tasks, restate=True
+    )
+    active = {f["key"]: f for f in restated.filters["active"]}
+    assert restated.context == ["a red dress under 30 euros"]
+    assert active["price"]["max"] == "30.00" and active["color"]["values"] == ["red"]
+
 
 # --- REST ------------------------------------------------------------------------------------
 

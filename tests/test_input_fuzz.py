@@ -12,7 +12,6 @@ import asyncio
 import json
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
@@ -28,7 +27,6 @@ from rest_framework.test import APIClient
 from dar_site.asgi import application
 from dar_site.input_ids import row_id
 from retrieval.models import SearchSession, Turn
-from retrieval.services import turns
 from tests.factories import (
     CatalogFactory,
     CatalogItemFactory,
@@ -81,16 +79,6 @@ def bodies(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[bytes
 def _fresh_rate_limits(redis_client: Any) -> None:
     for key in redis_client.scan_iter(f"{settings.REDIS_PREFIX}:ratelimit:*"):
         redis_client.delete(key)
-
-
-@pytest.fixture
-def no_task_queue(monkeypatch: Any) -> list[tuple[str, Any]]:
-    """Accepted turns announce themselves but send no Celery task: no worker runs in these tests,
-    and tasks left in this run's queues would reach the next test's workers."""
-    sent: list[tuple[str, Any]] = []
-    fake_app = SimpleNamespace(send_task=lambda name, **kwargs: sent.append((name, kwargs)))
-    monkeypatch.setattr(turns, "current_app", fake_app)
-    return sent
 
 
 def assert_clear_answer(response: Any, ok: tuple[int, ...]) -> None:

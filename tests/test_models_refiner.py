@@ -208,7 +208,9 @@ def test_openai_refine_and_ask(server: _FakeServer) -> None:
     assert body["model"] == "qwen-test"
     assert body["temperature"] == 0
     assert body["messages"][0]["role"] == "system"
-    assert "ankle length" in body["messages"][1]["content"]
+    # The shopper's dialogue is the last user turn (worked examples come before it).
+    assert body["messages"][-1]["role"] == "user"
+    assert "ankle length" in body["messages"][-1]["content"]
 
     server.reply("QUESTION: Does it have a pattern?")
     assert refiner.ask(DIALOGUE, ["red maxi dress", "red midi dress"]) == "Does it have a pattern?"

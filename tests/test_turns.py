@@ -395,6 +395,24 @@ def test_the_final_write_is_one_fenced_statement_after_the_provisional_results()
     ]
 
 
+def test_a_catalog_with_nothing_embedded_ends_the_turn_with_no_results(turn_models: None) -> None:
+    """Nothing to rank leaves no provisional rows to fence on: the turn ends done and empty, it
+    does not fail with "provisional results vanished" (found trying the product)."""
+    session = SearchSessionFactory.create()
+    CatalogItemFactory.create_batch(2, catalog=session.catalog)  # uploaded, not embedded yet
+    turn = new_turn(session, "a small red ceramic mug")
+    with EventRecorder(session.pk) as events:
+        text_stage.run_text_stage(turn.pk)
+        pipeline.run_turn(turn.pk)
+        events.wait_for(lambda evs: any(e["type"] == "turn.done" for e in evs))
+    turn.refresh_from_db()
+    assert turn.status == Turn.Status.DONE and not turn.error_code
+    assert not turn.results.exists()
+    finals = [e for e in events.events if e["type"] == "results" and e["final"]]
+    assert finals and finals[0]["items"] == []
+    assert not events.of("error")
+
+
 def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
     turn_models: None, monkeypatch: Any, settings: Any
 ) -> None:

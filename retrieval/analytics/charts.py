@@ -67,6 +67,12 @@ def _time_axis(ax: Axes, axis: TimeAxis) -> None:
         label.set_horizontalalignment("right")
 
 
+def _percent_axis(ax: Axes) -> None:
+    # A little room above 100 %: a point at 100 % would otherwise be cut in half by the frame.
+    ax.set_ylim(0, 104)
+    ax.set_yticks(range(0, 101, 20))
+
+
 def _x(axis: TimeAxis, points: Sequence[Any]) -> Any:
     return [axis.centre(p.at) for p in points]
 
@@ -147,7 +153,7 @@ def feedback_figure(days: list[FeedbackDay], axis: TimeAxis | None) -> Figure | 
     ax = fig.add_subplot()
     ax.plot(_x(axis, days), [100 * d.feedback_rate for d in days], marker="o", label="any feedback")
     ax.plot(_x(axis, days), [100 * d.like_rate for d in days], marker="o", label="liked a result")
-    ax.set_ylim(0, 100)
+    _percent_axis(ax)
     ax.set_ylabel("% of sessions")
     ax.set_title("Feedback rate")
     ax.legend(fontsize="small")
@@ -165,7 +171,7 @@ def fallback_figure(points: list[FallbackPoint], axis: TimeAxis | None) -> Figur
     fig = _figure()
     ax = fig.add_subplot()
     ax.plot(_x(axis, points), [100 * p.rate for p in points], marker="o", color="#c44e52")
-    ax.set_ylim(0, 100)
+    _percent_axis(ax)
     ax.set_ylabel("% of done turns")
     ax.set_title("Fallback rate (the shopper's own words searched)")
     _time_axis(ax, axis)

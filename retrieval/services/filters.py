@@ -257,6 +257,13 @@ def changed_state(state: dict[str, Any], change: Change, at: int) -> dict[str, A
     return {"picked": [f.stored() for f in picked], "removed": removed}
 
 
+def restarted(state: dict[str, Any]) -> dict[str, Any]:
+    """The state when the dialogue starts again (a restatement): picks count from its start and
+    removed chips come back if it says them."""
+    picked = [{**f, "at": 0} for f in state.get("picked") or []]
+    return {"picked": picked, "removed": {}}
+
+
 def state_payload(state: dict[str, Any]) -> dict[str, Any]:
     return {
         "picked": [Filter.from_dict(f).as_dict() for f in state.get("picked") or []],

@@ -29,7 +29,7 @@ from .claims import Superseded, owned
 
 
 @functools.cache
-def _sql(fields: tuple[str, ...]) -> str:
+def _sql(fields: tuple[str, ...], after_provisional: bool = True) -> str:
     turn, preview, result = Turn._meta, Preview._meta, TurnResult._meta
 
     def col(meta: Any, name: str) -> str:
@@ -37,16 +37,17 @@ def _sql(fields: tuple[str, ...]) -> str:
 
     sets = ", ".join(f"{col(turn, name)} = %({name})s" for name in fields)
     timings = col(turn, "timings")
+    provisional = f"""
+              AND EXISTS (
+                SELECT 1 FROM "{result.db_table}" AS r
+                WHERE r.{col(result, "turn")} = t."id" AND NOT r.{col(result, "final")}
+              )"""
     return f"""
         WITH owned AS (
             UPDATE "{turn.db_table}" AS t
             SET {sets}, {timings} = t.{timings} || %(timings)s::jsonb
             WHERE t."id" = %(turn)s AND t.{col(turn, "status")} = %(running)s
-              AND t.{col(turn, "attempts")} = %(attempt)s
-              AND EXISTS (
-                SELECT 1 FROM "{result.db_table}" AS r
-                WHERE r.{col(result, "turn")} = t."id" AND NOT r.{col(result, "final")}
-              )
+              AND t.{col(turn, "attempts")} = %(attempt)s{provisional if after_provisional else ""}
             RETURNING t."id", t.{timings}
         ), previews AS (
             INSERT INTO "{preview.db_table}" ({col(preview, "turn")}, {col(preview, "index")},
@@ -72,11 +73,17 @@ def store_final(
     timings: dict[str, int],
     previews: Sequence[Preview],
     results: Sequence[TurnResult],
+    *,
+    after_provisional: bool = True,
 ) -> dict[str, int] | None:
     """Store ``values`` (turn fields), ``timings`` (merged into the stored ones), the previews'
     rows and the final results. Returns the turn's timings as stored, or None (nothing written)
     while the turn has no provisional results; raises ``Superseded`` when this attempt no longer
-    owns the turn."""
+    owns the turn.
+
+    ``after_provisional=False`` drops the provisional-results fence: only for a turn whose text
+    ranking found nothing at all (an empty catalog), whose empty provisional results leave no row
+    to see."""
     fields = tuple(sorted(values))
     params: dict[str, Any] = {
         name: _field(name).get_db_prep_save(value, connection) for name, value in values.items()
@@ -95,7 +102,7 @@ def store_final(
         "r_score": [r.score for r in results],
     }
     with connection.cursor() as cursor:
-        cursor.execute(_sql(fields), params)
+        cursor.execute(_sql(fields, after_provisional), params)
         row = cursor.fetchone()
     if row is not None:
         stored = row[0]

@@ -108,6 +108,7 @@ def turn_payload(
     return {
         "index": turn.index,
         "message": turn.message,
+        "restates": turn.restates,
         "context": list(turn.context),
         "status": turn.status,
         "refined_query": turn.refined_query,

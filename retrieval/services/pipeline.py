@@ -165,7 +165,8 @@ class _TurnRun:
             # so running out of time while asking only drops the question.
             self._finish(self._question(question))
 
-    def _text_stage(self) -> None:
+    def _text_stage(self) -> bool:
+        """Rank by text and publish the provisional results; returns whether it found any."""
         liked, disliked = self.claim.liked, self.claim.disliked
         found = self._stage(
             "text", lambda: text_stage.text_ranking(self.turn, self._catalog_id, liked, disliked)
@@ -173,6 +174,7 @@ class _TurnRun:
         if not text_stage.store_provisional(self.turn, found, attempt=self.attempt):
             # The interactive worker's results came first: its time is the stage's.
             self.timings.pop("text", None)
+        return bool(found.hits)
 
     @property
     def _catalog_id(self) -> int:
@@ -314,13 +316,20 @@ class _TurnRun:
         if self._save_final(hits, items, stored, done=done):
             return
         # The text stage failed or is late: rank by text here (provisional results go out
-        # first), then store the final ones.
-        self._text_stage()
-        if not self._save_final(hits, items, stored, done=done):
+        # first), then store the final ones. A catalog with nothing to rank has no provisional
+        # rows to wait for: its (empty) results are final at once.
+        found_any = self._text_stage()
+        if not self._save_final(hits, items, stored, done=done, after_provisional=found_any):
             raise RuntimeError(f"turn {self.turn.pk}: provisional results vanished")
 
     def _save_final(
-        self, hits: list[Hit], items: dict[int, CatalogItem], stored: list[Preview], *, done: bool
+        self,
+        hits: list[Hit],
+        items: dict[int, CatalogItem],
+        stored: list[Preview],
+        *,
+        done: bool,
+        after_provisional: bool = True,
     ) -> bool:
         """Store the refinement, the previews' rows and the final results in one statement and
         announce them together; with ``done``, the turn ends with them (no question to wait
@@ -330,7 +339,13 @@ class _TurnRun:
         if done:
             values |= self._ended(None)
         timings = finals.store_final(
-            self.turn, self.attempt, values, dict(self.timings), stored, results
+            self.turn,
+            self.attempt,
+            values,
+            dict(self.timings),
+            stored,
+            results,
+            after_provisional=after_provisional,
         )
         if timings is None:
             return False

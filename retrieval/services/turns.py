@@ -75,11 +75,17 @@ def submit_message(
     address: str | None = None,
     enqueue: Callable[[Turn], None] | None = None,
     filters: Any = None,
+    restate: Any = False,
 ) -> Turn:
     """Validate a shopper's message, store it as the session's next turn and enqueue the turn.
 
     ``filters``: filters the shopper picked or removed along with the message
     (``{"set": [...], "remove": [...]}``, see ``filters.parse_change``).
+    ``restate``: the message is the shopper's own rewrite of what the search understood (the
+    page's editable description). It replaces the dialogue so far: this turn and the next ones
+    search from it, as if the conversation had started there (chips removed before come back
+    when it says them; see ``filters``).
+
     ``enqueue`` replaces sending the turn's tasks to Celery (the dialogue benchmark runs them in
     its own process, through the same stages); the ``turn.accepted`` event goes out either way.
 
@@ -88,7 +94,9 @@ def submit_message(
     line of waiting turns (``busy``, see ``admission``), or a rate limit.
     """
     text = clean_message(text)
-    turn = _store_turn(session, text, filters, address=address, enqueue=enqueue)
+    if not isinstance(restate, bool):
+        raise SearchError("invalid", "restate is true or false.")
+    turn = _store_turn(session, text, filters, address=address, enqueue=enqueue, restate=restate)
     assert turn is not None  # a message always makes a turn
     return turn
 
@@ -120,6 +128,7 @@ def _store_turn(
     *,
     address: str | None,
     enqueue: Callable[[Turn], None] | None,
+    restate: bool = False,
 ) -> Turn | None:
     """Store the session's next turn: ``text`` as a new message, or (None) the latest message
     again with changed filters; None when there is no message yet (only the filters are kept)."""
@@ -138,11 +147,15 @@ def _store_turn(
         last_context = last_context or [str(message) for message, *_ in previous]
         # A click counts the messages said before it: the words of a message with that index or
         # later (one sent with the click included) win over it.
-        at = len(last_context)
+        at = 0 if restate else len(last_context)
         change = search_filters.parse_change(session.catalog_id, raw_filters, at)
         state = SearchSession.objects.values_list("filters", flat=True).get(pk=session.pk)
+        if restate:
+            # The dialogue starts again from the restatement: so do the clicks' message counts.
+            state = search_filters.restarted(state)
         if change:
             state = search_filters.changed_state(state, change, at)
+        if change or restate:
             SearchSession.objects.filter(pk=session.pk).update(filters=state)
         if text is None and not previous:
             return None
@@ -164,13 +177,15 @@ def _store_turn(
             # The same dialogue searched again with other filters.
             text, context = str(previous[-1][0]), last_context
         else:
-            # The dialogue so far (a turn that searched again with other filters said nothing).
-            context = [*last_context, text]
+            # Each turn's dialogue is the one before it plus this message (a turn that searched
+            # again with other filters said nothing); a restatement starts anew.
+            context = [text] if restate else [*last_context, text]
         turn = Turn.objects.create(
             session_id=session.pk,
             index=len(previous),
             message=text,
             context=context,
+            restates=restate,
             filters=search_filters.for_turn(session.catalog_id, state, context, again=repeated),
             # The gpu task's id, chosen here so that the row is written once.
             task_id=str(uuid.uuid4()),
@@ -187,6 +202,7 @@ def _enqueue(turn: Turn, place: admission.Place | None, send: Callable[[Turn], N
         "type": "turn.accepted",
         "turn": turn.index,
         "message": turn.message,
+        "restates": turn.restates,
         "status": "queued",
         "filters": shown,
     }

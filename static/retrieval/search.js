@@ -21,6 +21,10 @@
     progress: $("progress"),
     refined: $("refined"),
     fallback: $("refined-fallback"),
+    editRefined: $("edit-refined"),
+    editor: $("refined-editor"),
+    editorInput: $("refined-input"),
+    editorCancel: $("refined-cancel"),
     prompts: $("prompts"),
     previews: $("previews"),
     results: $("results"),
@@ -56,6 +60,7 @@
   // The text of the last message sent: a refused message (busy, rate limited) is not stored by
   // the server, so the page puts it back into the composer for the shopper to send again.
   let lastSent = "";
+  let lastSentRestates = false; // whether it was a rewrite of "what I understood"
   // While a turn runs the page expects events; after this long without any it asks for the
   // state again (a turn that ended while an event was lost, or one stuck in line, is then shown
   // as it is: the server fails turns past their time limit when the page restores).
@@ -198,7 +203,7 @@
         renderState(event.session);
         break;
       case "turn.accepted":
-        addTurnBubble(event.turn, event.message, event.filters);
+        addTurnBubble(event.turn, event.message, event.filters, event.restates);
         if (event.filters && event.turn >= currentTurn) renderFilters(event.filters);
         startTurn(event.turn);
         setStep("text", "active", event.turn);
@@ -296,8 +301,10 @@
     const text = event.message || "Something went wrong.";
     if (event.turn === null || event.turn === undefined) {
       // The message was refused (too long, too fast, too busy...): nothing was stored and no turn
-      // runs; the text goes back into the composer (unless something new was typed meanwhile).
-      if (lastSent && !els.input.value.trim()) {
+      // runs; the text goes back where it was typed (unless something new was typed meanwhile).
+      if (lastSent && lastSentRestates) {
+        openEditor(lastSent);
+      } else if (lastSent && !els.input.value.trim()) {
         els.input.value = lastSent;
         updateCount();
       }
@@ -334,7 +341,7 @@
     // Before the first message: what was picked waits for it.
     if (!turns.length) renderPicked(session.filters);
     turns.forEach((turn) => {
-      addTurnBubble(turn.index, turn.message, turn.filters);
+      addTurnBubble(turn.index, turn.message, turn.filters, turn.restates);
       if (turn.question) addBubble("assistant question", turn.question, turn.index);
       if (turn.error) addBubble("system error", turn.error.message, turn.index);
     });
@@ -386,18 +393,22 @@
   }
 
   // A turn that searches the latest message again with changed filters said nothing new.
-  function addTurnBubble(turn, message, filters) {
+  function addTurnBubble(turn, message, filters, restates) {
     if (filters && filters.again) {
       if (els.log.querySelector(".bubble.again[data-turn='" + turn + "']")) return;
       addBubble("system again", "Searching again with the filters changed.", turn);
     } else {
-      addUserBubble(turn, message);
+      addUserBubble(turn, message, restates);
     }
   }
 
-  function addUserBubble(turn, message) {
+  function addUserBubble(turn, message, restates) {
     if (els.log.querySelector(".bubble.user[data-turn='" + turn + "']")) return;
-    addBubble("user", message, turn);
+    const node = addBubble("user", message, turn);
+    if (restates) {
+      // A rewrite of what the search understood: the dialogue starts again from it.
+      node.prepend(el("span", "restated-label", "Corrected description:"));
+    }
   }
 
   function addBubble(kind, text, turn) {
@@ -443,6 +454,8 @@
     els.refined.textContent = "Nothing yet.";
     els.refined.classList.add("muted");
     els.fallback.hidden = true;
+    els.editRefined.hidden = true;
+    closeEditor();
     els.prompts.replaceChildren();
     els.previews.replaceChildren(el("div", "preview placeholder", "no preview yet"));
     els.results.replaceChildren(
@@ -456,6 +469,7 @@
   function renderRefined(description, prompts, fallback, note) {
     els.refined.textContent = description || "";
     els.refined.classList.toggle("muted", !description);
+    els.editRefined.hidden = !description;
     els.fallback.hidden = !fallback;
     // Why the language model's description was not used (invented words, dropped the latest
     // message, too long, another language): the page says so.
@@ -511,7 +525,10 @@
     body.appendChild(title);
     const offer = productLine(item);
     if (offer) body.appendChild(offer);
-    body.appendChild(el("span", "score small muted", "score " + Number(item.score).toFixed(3)));
+    // Scores mean something to staff tuning the search, not to shoppers.
+    if (config.showTimings) {
+      body.appendChild(el("span", "score small muted", "score " + Number(item.score).toFixed(3)));
+    }
     const meta = el("div", "result-meta");
     // The product page when the shop gave one, else the item's picture.
     const open = el("a", "result-open", "Open");
@@ -742,15 +759,19 @@
 
   // --- composing -----------------------------------------------------------------------------
 
+  // What the server would refuse, said before sending: empty or too long (nothing is cut).
+  function textProblem(text) {
+    if (!text) return "Describe what you are looking for.";
+    if (text.length > config.maxChars) return tooLongMessage(text.length);
+    return "";
+  }
+
   async function submit(event) {
     event.preventDefault();
     const text = els.input.value.trim();
-    if (!text) {
-      showFormError("Describe what you are looking for.");
-      return;
-    }
-    if (text.length > config.maxChars) {
-      showFormError(tooLongMessage(text.length));
+    const problem = textProblem(text);
+    if (problem) {
+      showFormError(problem);
       return;
     }
     if (busy) {
@@ -766,6 +787,7 @@
       }
       sendFrame({ type: "message", text: text });
       lastSent = text;
+      lastSentRestates = false;
       els.input.value = "";
       updateCount();
     } catch (err) {
@@ -774,6 +796,40 @@
     } finally {
       els.input.focus();
     }
+  }
+
+  // --- correcting "what I understood" -----------------------------------------------------------
+
+  function openEditor(text) {
+    els.editorInput.value = text;
+    els.editor.hidden = false;
+    els.refined.hidden = true;
+    els.editRefined.setAttribute("aria-expanded", "true");
+    els.editorInput.focus();
+  }
+
+  function closeEditor() {
+    els.editor.hidden = true;
+    els.refined.hidden = false;
+    els.editRefined.setAttribute("aria-expanded", "false");
+  }
+
+  function submitCorrection(event) {
+    event.preventDefault();
+    const text = els.editorInput.value.trim();
+    const problem = textProblem(text);
+    if (problem) {
+      showFormError(problem);
+      return;
+    }
+    if (busy || !sessionId) return;
+    showFormError("");
+    setBusy(true);
+    sendFrame({ type: "message", text: text, restate: true });
+    lastSent = text;
+    lastSentRestates = true;
+    closeEditor();
+    els.editRefined.focus();
   }
 
   function tooLongMessage(length) {
@@ -795,6 +851,8 @@
     const over = length > config.maxChars;
     els.form.dataset.busy = busy ? "true" : "false";
     els.send.disabled = busy || over;
+    els.editRefined.disabled = busy;
+    $("refined-send").disabled = busy;
     els.send.textContent = busy ? "Searching…" : "Send";
     let status = "";
     if (busy && queued) {
@@ -850,6 +908,22 @@
   });
   els.newSearch.addEventListener("click", newSearch);
   setupPicker();
+  els.editRefined.addEventListener("click", () => openEditor(els.refined.textContent));
+  els.editorCancel.addEventListener("click", () => {
+    closeEditor();
+    els.editRefined.focus();
+  });
+  els.editor.addEventListener("submit", submitCorrection);
+  els.editorInput.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      els.editor.requestSubmit();
+    }
+    if (event.key === "Escape") {
+      closeEditor();
+      els.editRefined.focus();
+    }
+  });
 
   sessionId = loadSessionId();
   if (sessionId) {

@@ -92,18 +92,25 @@ def _example_answer(description: str, k: int) -> str:
 def refine_messages(dialogue: Dialogue, k: int, *, english: bool = False) -> list[Message]:
     prompt_lines = "\n".join(f"PROMPT {i}: <short image prompt>" for i in range(1, k + 1))
     note = " Write it in English, whatever language the shopper used." if english else ""
-    # The worked examples go with the instructions (system), the real dialogue alone is the user
-    # turn the model answers.
-    examples = "\n\n".join(
-        f"Conversation:\n{format_conversation(Dialogue(turns[0], list(turns[1:])))}\n"
-        f"Answer:\n{_example_answer(description, k)}"
-        for turns, description in FEW_SHOT
-    )
-    system = f"{REFINE_SYSTEM}\n\nExamples:\n\n{examples}"
+    # The worked examples are earlier chat turns (asked and answered), the form a chat model
+    # imitates best: on the development dialogues SmolLM2 then kept to the shopper's words far
+    # more often (grounded fallback 0.53 of turns) than with the examples inside the system
+    # message (0.90), and only then did its descriptions move targets up (README, conversation
+    # quality).
+    messages: list[Message] = [{"role": "system", "content": REFINE_SYSTEM}]
+    for turns, description in FEW_SHOT:
+        example = Dialogue(turns[0], list(turns[1:]))
+        user = REFINE_USER.format(
+            conversation=format_conversation(example), k=k, prompt_lines=prompt_lines, english=note
+        )
+        messages += [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": _example_answer(description, k)},
+        ]
     user = REFINE_USER.format(
         conversation=format_conversation(dialogue), k=k, prompt_lines=prompt_lines, english=note
     )
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [*messages, {"role": "user", "content": user}]
 
 
 def ask_messages(dialogue: Dialogue, candidates: Sequence[str]) -> list[Message]:

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('retrieval', '0005_product_click'),
+        ('retrieval', '0006_turn_restates'),
     ]
 
     operations = [
