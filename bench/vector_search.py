@@ -9,6 +9,11 @@ understate its recall badly. They are bulk-loaded with COPY into the real catalo
 database; the index is built by ``vectors.ensure_index`` and every query goes through
 ``vectors.search``, the code path the product ranks with. Ground truth is a numpy brute force over
 the same float32 vectors, timed beside pgvector's exact (sequential) scan.
+
+The filtered run gives the items a synthetic price (a permutation of the item ids, so a bound
+keeps an exact share of them) and ranks with a 1% and a 10% price filter through the same
+``vectors.search`` (the filter inside the pgvector query, iterative index scans), against a numpy
+ground truth over the matching items only, beside the unfiltered run at the same ef_search.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from bench.common import Summary, bench_database, print_table, setup_django
 
 SPACE = "image"
 K = 10
+# Synthetic prices: mod(id * PRICE_STEP, PRICE_SPAN) / 100 EUR, a permutation of 0..99.99 over
+# any PRICE_SPAN consecutive ids (the step is prime to the span), so "price < 1.00" keeps 1 %.
+PRICE_STEP, PRICE_SPAN = 7919, 10_000
+SELECTIVITIES = (0.01, 0.10)
 
 
 @dataclass(frozen=True)
@@ -259,6 +268,24 @@ def index_scans(name: str) -> int:
         return int(row[0]) if row else 0
 
 
+def set_prices(catalog_id: int) -> None:
+    """Give the bench items their synthetic prices (also on data kept from older runs)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE catalog_catalogitem SET price = mod(id * %s, %s)::numeric / 100,"
+            " currency = 'EUR' WHERE catalog_id = %s AND price IS DISTINCT FROM"
+            " mod(id * %s, %s)::numeric / 100",
+            [PRICE_STEP, PRICE_SPAN, catalog_id, PRICE_STEP, PRICE_SPAN],
+        )
+        cursor.execute("ANALYZE catalog_catalogitem")
+
+
+def synthetic_prices(ids: np.ndarray) -> np.ndarray:
+    return ((ids * PRICE_STEP) % PRICE_SPAN).astype(np.float64) / 100
+
+
 def numpy_topk(data: np.ndarray, query: np.ndarray) -> np.ndarray:
     scores = data @ query
     top = np.argpartition(-scores, K)[:K]
@@ -266,7 +293,13 @@ def numpy_topk(data: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def run_queries(
-    catalog_id: int, cfg: Config, queries: np.ndarray, *, exact: bool, ef: int = 0
+    catalog_id: int,
+    cfg: Config,
+    queries: np.ndarray,
+    *,
+    exact: bool,
+    ef: int = 0,
+    filters: Sequence[object] = (),
 ) -> tuple[list[float], list[list[int]]]:
     from catalog.services import vectors
 
@@ -279,6 +312,7 @@ def run_queries(
             k=K,
             exact=exact,
             ef_search=ef or 100,
+            filters=filters,  # type: ignore[arg-type]
         )
         return [h.item_id for h in hits]
 
@@ -483,6 +517,100 @@ def run(
     )
     if used == 0:
         print("WARNING: the planner never used the HNSW index; the HNSW rows are exact scans")
+    unfiltered = {ef: (p50, r) for ef, p50, r in hnsw}
+    filtered_run(cfg, catalog_id, index, ids, data, queries, unfiltered)
+
+
+def filtered_run(
+    cfg: Config,
+    catalog_id: int,
+    index: str,
+    ids: np.ndarray,
+    data: np.ndarray,
+    queries: np.ndarray,
+    unfiltered: dict[int, tuple[float, float]],
+) -> None:
+    """Rank with a price filter keeping 1 % and 10 % of the items, inside the query."""
+    from decimal import Decimal
+
+    from django.conf import settings
+    from django.test import override_settings
+
+    from catalog.services import vectors
+    from catalog.services.item_filters import ItemFilter
+
+    progress("filtered run: synthetic prices")
+    set_prices(catalog_id)
+    prices = synthetic_prices(ids)
+    # The unfiltered run's ef_search (the product's 60 when measured), and the product's for
+    # filtered searches (ranking.rank passes DAR_FILTER_EF_SEARCH).
+    ef = 60 if 60 in cfg.ef_search else max(cfg.ef_search)
+    filter_ef = int(settings.DAR_FILTER_EF_SEARCH)
+    rows: list[list[object]] = []
+
+    def measure(method: str, qs: np.ndarray, truth: list[set[int]], **how: object) -> list[object]:
+        scans = index_scans(index)
+        times, results = run_queries(catalog_id, cfg, qs, **how)  # type: ignore[arg-type]
+        s = Summary.of(times)
+        full = np.mean([len(r) == K for r in results])
+        used = index_scans(index) - scans
+        return ["", method, s.n, s.p50, s.p95, f"{recall(results, truth):.3f}", f"{full:.0%}", used]
+
+    for share in SELECTIVITIES:
+        bound = Decimal(PRICE_SPAN * share / 100).quantize(Decimal("0.01"))
+        keep = prices < float(bound)
+        price_filter = ItemFilter("price", high=bound - Decimal("0.01"), currency="EUR")
+        kept_ids, kept_data = ids[keep], data[keep]
+        truth = [{int(i) for i in kept_ids[numpy_topk(kept_data, q)]} for q in queries]
+        with override_settings(DAR_FILTER_EXACT_MAX=0):
+            for i, search_ef in enumerate(dict.fromkeys([ef, filter_ef])):
+                iterative = measure(
+                    f"HNSW, iterative scan, ef {search_ef}",
+                    queries,
+                    truth,
+                    exact=False,
+                    ef=search_ef,
+                    filters=[price_filter],
+                )
+                if i == 0:
+                    iterative[0] = f"{share:.0%} ({int(keep.sum())} items)"
+                rows.append(iterative)
+        if vectors.matching_items(catalog_id, [price_filter]) is not None:
+            # The product ranks a filter this selective exactly, over its items' ids.
+            rows.append(
+                measure(
+                    f"exact over its ids (<= {settings.DAR_FILTER_EXACT_MAX})",
+                    queries,
+                    truth,
+                    exact=False,
+                    ef=filter_ef,
+                    filters=[price_filter],
+                )
+            )
+        n = cfg.exact_queries
+        rows.append(
+            measure("exact scan", queries[:n], truth[:n], exact=True, filters=[price_filter])
+        )
+    base_p50, base_recall = unfiltered.get(ef, (float("nan"), float("nan")))
+    rows.insert(
+        0, ["none", f"HNSW, ef {ef}", cfg.queries, base_p50, "-", f"{base_recall:.3f}", "-", "-"]
+    )
+    print_table(
+        f"filtered top-{K} (price filter inside the query; recall@{K} vs numpy exact over the "
+        f"matching items; the product: exact over the ids up to DAR_FILTER_EXACT_MAX="
+        f"{settings.DAR_FILTER_EXACT_MAX} items, else the scan at ef {filter_ef})",
+        [
+            "filter keeps",
+            "method",
+            "queries",
+            "p50 ms",
+            "p95 ms",
+            f"recall@{K}",
+            f"{K} results",
+            "index scans",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -30,10 +30,12 @@ from catalog.models import Catalog
 from dar_site.origin_names import origin_or_none
 from retrieval.api_schema import (
     CSRF_HINT,
+    FILTERS_EXAMPLE,
     MESSAGE_EXAMPLE,
     WIDGET_HINT,
     ClickOut,
     FeedbackOut,
+    FiltersChangeOut,
     SessionOut,
     TurnOut,
     errors,
@@ -120,8 +122,29 @@ class SessionIn(serializers.Serializer):
     catalog = serializers.CharField(help_text="Catalog slug (or id).")
 
 
+FILTERS_HELP = (
+    'Filters to pick or remove: {"set": [filter, ...], "remove": [key, ...]}. A filter is '
+    '{"key": "price", "min": 20, "max": 40, "currency": "EUR"} (min, max or both; currency one of '
+    'the catalog\'s, its main one by default), {"key": "availability", "values": ["in_stock"]}, '
+    'or {"key": "brand" | "category" | <attribute>, "values": [...]} with values the catalog has '
+    "(case and accents ignored). A picked filter holds until a later message says otherwise; a "
+    "removed one stays off until a later message says it again. Anything else is a 400 "
+    "(bad_filter)."
+)
+
+
+class FilterChangeIn(serializers.Serializer):
+    set = serializers.ListField(
+        child=serializers.DictField(), required=False, help_text="Filters to pick."
+    )
+    remove = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="Filter keys to remove."
+    )
+
+
 class MessageIn(serializers.Serializer):
     text = serializers.CharField()
+    filters = FilterChangeIn(required=False, help_text=FILTERS_HELP)
     restate = serializers.BooleanField(
         required=False,
         default=False,
@@ -250,9 +273,34 @@ class MessageView(SearchAPIView):
             session,
             body.get("text"),
             address=request.META.get("REMOTE_ADDR"),
+            filters=body.get("filters"),
             restate=body.get("restate", False),
         )
         return Response(payloads.turn_payload(turn), status=status.HTTP_202_ACCEPTED)
+
+
+class FiltersView(SearchAPIView):
+    @extend_schema(
+        summary="Pick or remove filters (chips): the latest message is searched again with them",
+        description=FILTERS_HELP + " The latest message is searched again at once as the "
+        "session's next turn (answered with 202 and that turn; poll it like a message's); before "
+        "the first message the filters are kept for it (200, turn null).",
+        request=FilterChangeIn,
+        examples=[FILTERS_EXAMPLE],
+        responses={
+            200: FiltersChangeOut,
+            202: FiltersChangeOut,
+            **errors(400, 403, 404, 409, 429, 503),
+        },
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        session = self.owned_session(request, session_id)
+        state, turn = turns.change_filters(
+            session, self.body(request), address=request.META.get("REMOTE_ADDR")
+        )
+        body = {"filters": state, "turn": None if turn is None else payloads.turn_payload(turn)}
+        started = status.HTTP_200_OK if turn is None else status.HTTP_202_ACCEPTED
+        return Response(body, status=started)
 
 
 class TurnView(SearchAPIView):

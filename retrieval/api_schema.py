@@ -64,6 +64,51 @@ class TurnQueueOut(serializers.Serializer):
     )
 
 
+class FilterOut(serializers.Serializer):
+    key = serializers.CharField(
+        help_text="price, availability, brand, category, or an attribute name of the catalog."
+    )
+    values = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Any of these values (text facets and availability; empty for price).",
+    )
+    min = serializers.CharField(allow_null=True, help_text='Price at least, e.g. "20.00".')
+    max = serializers.CharField(allow_null=True, help_text='Price at most, e.g. "40.00".')
+    currency = serializers.CharField(
+        help_text="The price filter's currency: items priced in another never match it."
+    )
+    # DRF's metaclass takes declared fields out of the class (see api.ClickIn.source).
+    source = serializers.ChoiceField(  # type: ignore[assignment]
+        choices=["said", "picked"], help_text="From the dialogue, or picked by the shopper."
+    )
+    label = serializers.CharField(  # type: ignore[assignment]
+        help_text='For people, e.g. "under 40.00 EUR".'
+    )
+
+
+class TurnFiltersOut(serializers.Serializer):
+    active = FilterOut(many=True, help_text="The filters the turn's results pass.")
+    relaxed = FilterOut(
+        many=True,
+        help_text="Filters let go because no item matched them all (least certain first).",
+    )
+    notice = serializers.CharField(help_text="What the shopper is told of relaxed filters.")
+    again = serializers.BooleanField(
+        help_text="The turn searches the latest message again because the filters changed."
+    )
+
+
+class FilterStateOut(serializers.Serializer):
+    picked = FilterOut(
+        many=True,
+        help_text="Filters the shopper picked (they hold until a later message says otherwise).",
+    )
+    removed = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Keys whose chip was removed: what was said before stays off.",
+    )
+
+
 class TurnOut(serializers.Serializer):
     index = serializers.IntegerField(help_text="0 for the session's first message.")
     message = serializers.CharField()
@@ -86,6 +131,7 @@ class TurnOut(serializers.Serializer):
     results = ItemOut(many=True, help_text="Final results once ready, else the first results.")
     final = serializers.BooleanField(help_text="Whether ``results`` are the final ranking.")
     question = serializers.CharField(help_text="A clarifying question ('' when none).")
+    filters = TurnFiltersOut()
     weights = serializers.DictField(child=serializers.FloatField())
     timings = serializers.DictField(
         child=serializers.FloatField(), help_text="Stage durations in milliseconds."
@@ -103,9 +149,19 @@ class SessionOut(serializers.Serializer):
     id = serializers.UUIDField()
     catalog = CatalogRefOut()
     created_at = serializers.DateTimeField()
+    filters = FilterStateOut()
     turns = TurnOut(many=True)
     feedback = serializers.DictField(
         child=serializers.IntegerField(), help_text="Item id -> 1 (liked) or -1 (disliked)."
+    )
+
+
+class FiltersChangeOut(serializers.Serializer):
+    filters = FilterStateOut()
+    turn = TurnOut(
+        allow_null=True,
+        help_text="The latest message searched again with the new filters (null before the "
+        "first message: the filters apply to it).",
     )
 
 
@@ -154,3 +210,13 @@ CsrfOut = inline_serializer(
 )
 
 MESSAGE_EXAMPLE = OpenApiExample("A first message", value={"text": "a red summer dress"})
+FILTERS_EXAMPLE = OpenApiExample(
+    "Pick a brand and a price, drop the colour",
+    value={
+        "set": [
+            {"key": "brand", "values": ["Acme"]},
+            {"key": "price", "max": 40, "currency": "EUR"},
+        ],
+        "remove": ["color"],
+    },
+)

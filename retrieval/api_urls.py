@@ -20,6 +20,11 @@ urlpatterns: list[URLPattern | URLResolver] = [
         name="search-turn",
     ),
     path(
+        "search/sessions/<str:session_id>/filters/",
+        api.FiltersView.as_view(),
+        name="search-filters",
+    ),
+    path(
         "search/sessions/<str:session_id>/feedback/",
         api.FeedbackView.as_view(),
         name="search-feedback",

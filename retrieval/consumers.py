@@ -1,6 +1,7 @@
 """The search websocket: ``/ws/search/<session_id>/``.
 
-Client -> server: ``{"type": "message", "text": ...}``, ``{"type": "feedback", "item": <id>,
+Client -> server: ``{"type": "message", "text": ..., "filters"?: {"set", "remove"}}`` (filters
+picked with the message, as the REST API takes them), ``{"type": "feedback", "item": <id>,
 "value": 1 | -1 | 0}``, ``{"type": "click", "item": <id>}`` (the shopper opened a result; only a
 bad item is answered, with an error), ``{"type": "restore"}``. Server -> client: the session's
 events (see retrieval/services/payloads.py), a ``state`` event on connect and on restore, and
@@ -140,6 +141,7 @@ class SearchConsumer(AsyncWebsocketConsumer):
                 self.session,
                 data.get("text"),
                 address=_address(self.scope),
+                filters=data.get("filters"),
                 restate=data.get("restate", False),
             )
         elif kind == "feedback":

@@ -21,6 +21,9 @@ class SearchSession(models.Model):
     session_key_hash = models.CharField(max_length=64, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Filters the shopper clicked ("picked": filter dicts, each with "at", the number of messages
+    # before it) and chips removed ("removed": key -> that number): retrieval/services/filters.py.
+    filters = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -49,6 +52,9 @@ class Turn(models.Model):
     refinement_fallback = models.BooleanField(default=False)
     question = models.TextField(blank=True)
     weights = models.JSONField(default=dict, blank=True)
+    # The filters the turn ranks with ("active"), those relaxed because nothing matched them all
+    # ("relaxed") and what the shopper is told of it ("notice"): retrieval/services/filters.py.
+    filters = models.JSONField(default=dict, blank=True)
     encoder_name = models.CharField(max_length=300, blank=True)
     timings = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)

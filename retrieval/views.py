@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from catalog.models import CatalogItem
-from retrieval.services import sessions
+from retrieval.services import filters, sessions
 from retrieval.services.errors import SearchError
 
 
@@ -28,6 +28,19 @@ def catalog_list(request: HttpRequest) -> HttpResponse:
     return render(request, "retrieval/catalog_list.html", {"catalogs": catalogs})
 
 
+# Values offered per facet on the page (the most common first); any value can still be said.
+PAGE_FACET_VALUES = 100
+
+
+def _facets(catalog_id: int) -> dict[str, object]:
+    vocab = filters.vocabulary(catalog_id)
+    return {
+        "values": {key: values[:PAGE_FACET_VALUES] for key, values in vocab.values.items()},
+        "currencies": [c for c in vocab.currencies if c],
+        "availability": list(filters.AVAILABLE),
+    }
+
+
 @ensure_csrf_cookie
 def search_page(request: HttpRequest, slug: str) -> HttpResponse:
     try:
@@ -42,6 +55,9 @@ def search_page(request: HttpRequest, slug: str) -> HttpResponse:
         "createSessionUrl": reverse("search-session-create"),
         "sessionUrl": reverse("search-session", args=["SESSION"]),
         "clickUrl": reverse("search-clicks", args=["SESSION"]),
+        "filtersUrl": reverse("search-filters", args=["SESSION"]),
+        # What the shopper can pick: the catalog's own facet values (filters.vocabulary).
+        "facets": _facets(catalog.pk),
         "socketPath": "/ws/search/SESSION/",
         "maxChars": settings.DAR_MAX_MESSAGE_CHARS,
         "previewsPerTurn": settings.DAR_PREVIEWS_PER_TURN,

@@ -55,6 +55,19 @@ def test_vector_search_bench_loads_builds_and_reports_recall() -> None:
     assert row, out
     assert 0.0 <= float(row[1]) <= 1.0
     assert "HNSW index scans during the HNSW queries: 0" not in out  # the index was used
+    # The filtered run: a 1% and a 10% price filter inside the query, against numpy over the
+    # matching items; k results each time (1% of 1500 items is still more than 10).
+    for share in ("1%", "10%"):
+        filtered = re.search(
+            rf"{share} \((\d+) items\)\s+HNSW, iterative scan, ef \d+\s+10\s+[\d.]+\s+[\d.]+"
+            r"\s+([\d.]+)\s+(\d+)%\s+(\d+)",
+            out,
+        )
+        assert filtered, out
+        assert int(filtered[1]) > 10 and 0.0 <= float(filtered[2]) <= 1.0
+        assert filtered[3] == "100"  # k results every time
+        if share == "10%":  # at 15 items, the planner may rightly prefer another index
+            assert int(filtered[4]) > 0, out  # the HNSW index, scanned iteratively
 
 
 @pytest.mark.slow

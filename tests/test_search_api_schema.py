@@ -21,6 +21,7 @@ SEARCH_PATHS = {
     "/api/search/sessions/{session_id}/messages/": ["post"],
     "/api/search/sessions/{session_id}/turns/{index}/": ["get"],
     "/api/search/sessions/{session_id}/feedback/": ["post"],
+    "/api/search/sessions/{session_id}/filters/": ["post"],
 }
 
 

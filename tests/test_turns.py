@@ -430,9 +430,9 @@ def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
         seen.append(synchronous_commit())
         lock_results(turn_id)
 
-    def in_final_write(*args: Any) -> Any:
+    def in_final_write(*args: Any, **kwargs: Any) -> Any:
         seen.append(synchronous_commit())
-        return store_final(*args)
+        return store_final(*args, **kwargs)
 
     monkeypatch.setattr(text_stage, "_lock_results", in_text_stage)
     monkeypatch.setattr(finals, "store_final", in_final_write)

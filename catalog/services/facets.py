@@ -63,7 +63,7 @@ SELECT key, kind, text, count(DISTINCT id) FROM typed GROUP BY key, kind, text
 """
 
 
-def _builtin(catalog: Catalog) -> list[Facet]:
+def _builtin(catalog: Catalog, max_values: int) -> list[Facet]:
     """brand, category and availability as text facets; price as a number facet per currency."""
     out = []
     items = CatalogItem.objects.filter(catalog=catalog).exclude(
@@ -75,7 +75,7 @@ def _builtin(catalog: Catalog) -> list[Facet]:
             counts[value] = counts.get(value, 0) + 1
         if counts:
             ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-            out.append(Facet(name, "text", sum(counts.values()), len(counts), ranked[:MAX_VALUES]))
+            out.append(Facet(name, "text", sum(counts.values()), len(counts), ranked[:max_values]))
     prices: dict[str, list[Decimal]] = {}
     for price, code in items.exclude(price=None).values_list("price", "currency"):
         if price is not None:
@@ -96,15 +96,16 @@ def _builtin(catalog: Catalog) -> list[Facet]:
     return out
 
 
-def catalog_facets(catalog: Catalog) -> list[Facet]:
-    """The catalog's facets: built-in product fields first, then attributes by name."""
+def catalog_facets(catalog: Catalog, max_values: int = MAX_VALUES) -> list[Facet]:
+    """The catalog's facets: built-in product fields first, then attributes by name, each with
+    up to ``max_values`` values (the filters ask for more: they must know every value)."""
     with connection.cursor() as cursor:
         cursor.execute(_SQL, [catalog.pk])
         rows = cursor.fetchall()
     grouped: dict[str, dict[str, list[tuple[str, int]]]] = {}
     for key, kind, text, count in rows:
         grouped.setdefault(key, {}).setdefault(kind, []).append((text, int(count)))
-    facets = _builtin(catalog)
+    facets = _builtin(catalog, max_values)
     for name in sorted(grouped):
         kinds = grouped[name]
         # The type most of its values have; a facet of mixed numbers and words is text.
@@ -115,7 +116,7 @@ def catalog_facets(catalog: Catalog) -> list[Facet]:
         if facet.type == "number":
             numbers = [float(v) for v, _ in values]
             facet.min, facet.max = min(numbers), max(numbers)
-        ranked = sorted(values, key=lambda vn: (-vn[1], vn[0]))[:MAX_VALUES]
+        ranked = sorted(values, key=lambda vn: (-vn[1], vn[0]))[:max_values]
         facet.values = [(_typed(v, facet.type), n) for v, n in ranked]
         facets.append(facet)
     return facets

@@ -26,6 +26,8 @@ from django.db import connection, transaction
 
 from catalog.models import CatalogItem, ItemEmbedding
 
+from .item_filters import ItemFilter, condition, item_condition
+
 _TABLE = ItemEmbedding._meta.db_table
 _ITEMS = CatalogItem._meta.db_table
 # Out-of-stock items are never shown. The condition sits in the WHERE of the ranking query
@@ -164,12 +166,39 @@ def search(
     exact: bool = False,
     ef_search: int = 100,
     exclude: Sequence[int] = (),
+    filters: Sequence[ItemFilter] = (),
 ) -> list[Hit]:
-    """Top-k items of a catalog by inner product with ``query``.
+    """Top-k items of a catalog by inner product with ``query``, among the items passing
+    ``filters`` (``item_filters``; in the same query).
 
     ``exact`` forces a sequential scan (brute force, the evaluation default); otherwise PostgreSQL
     may use the HNSW index, with iterative scans so the catalog filter cannot starve the result.
     """
+    among = matching_items(catalog_id, filters) if filters else None
+    if among is not None:
+        # A selective filter: ranking its few items exactly beats any index scan (which would
+        # read k / selectivity candidates to find k of them).
+        return _search(catalog_id, space, model_name, query, k, True, 0, exclude, (), among)
+    hits = _search(catalog_id, space, model_name, query, k, exact, ef_search, exclude, filters)
+    if filters and not exact and len(hits) < k:
+        # A very selective filter can outlast an iterative scan (hnsw.max_scan_tuples): the exact
+        # scan then finds every match, so fewer than k comes back only when fewer match.
+        hits = _search(catalog_id, space, model_name, query, k, True, ef_search, exclude, filters)
+    return hits
+
+
+def _search(
+    catalog_id: int,
+    space: str,
+    model_name: str,
+    query: np.ndarray,
+    k: int,
+    exact: bool,
+    ef_search: int,
+    exclude: Sequence[int],
+    filters: Sequence[ItemFilter],
+    among: Sequence[int] | None = None,
+) -> list[Hit]:
     dim = int(query.shape[-1])
     literal = _literal(query)
     score = f"(vector::vector({dim})) <#> %s::vector({dim})"
@@ -180,6 +209,12 @@ def search(
         params.append(list(exclude))
     where += unavailable_filter("item_id")
     params.append(catalog_id)
+    filtered, filter_params = condition(filters, "item_id")
+    where += filtered
+    params.extend(filter_params)
+    if among is not None:
+        where += " AND item_id = ANY(%s)"
+        params.append(list(among))
     exact = exact or dim > MAX_INDEXED_DIM
     if exact:
         sql = (
@@ -196,16 +231,43 @@ def search(
             f" AS near ORDER BY {score}, item_id"
         )
         params = [literal, *params, literal, int(k), literal]
-    if exact:
+    if among is not None:
+        # The items' own rows, by the (item, space, model) index; the ORDER BY is the exact
+        # score, which the HNSW index cannot give.
+        local = {}
+    elif exact:
         local = {"enable_indexscan": "off", "enable_bitmapscan": "off"}
     else:
         local = {"hnsw.ef_search": str(int(ef_search)), "hnsw.iterative_scan": "strict_order"}
+        if filters:
+            # The planner prices the index path as if the filter made it read most of the
+            # index; iterative scans stop once k pass, and filters selective enough to make a
+            # scan cheaper were ranked by id (``matching_items``).
+            local["enable_seqscan"] = "off"
     with transaction.atomic(), connection.cursor() as cursor:
         # SET LOCAL for each, in one round trip: set_config(..., is_local => true).
-        calls = ", ".join("set_config(%s, %s, true)" for _ in local)
-        cursor.execute(f"SELECT {calls}", [part for item in local.items() for part in item])
+        if local:
+            calls = ", ".join("set_config(%s, %s, true)" for _ in local)
+            cursor.execute(f"SELECT {calls}", [part for item in local.items() for part in item])
         cursor.execute(sql, params)
         return [Hit(int(item_id), float(score)) for item_id, score in cursor.fetchall()]
+
+
+def matching_items(catalog_id: int, filters: Sequence[ItemFilter]) -> list[int] | None:
+    """The ids of the available items passing ``filters`` when there are at most
+    DAR_FILTER_EXACT_MAX of them (then ranked exactly), else None (an iterative index scan)."""
+    limit = int(settings.DAR_FILTER_EXACT_MAX)
+    if limit <= 0:
+        return None
+    where, params = item_condition(filters)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT f.id FROM {_ITEMS} f WHERE f.catalog_id = %s AND f.availability <> %s"
+            f" AND {where} LIMIT %s",
+            [catalog_id, CatalogItem.Availability.OUT_OF_STOCK.value, *params, limit + 1],
+        )
+        ids = [int(row[0]) for row in cursor.fetchall()]
+    return ids if len(ids) <= limit else None
 
 
 def scores_for(
@@ -241,8 +303,10 @@ def search_with_product_text(
     text_weight: float,
     k: int,
     exclude: Sequence[int] = (),
+    filters: Sequence[ItemFilter] = (),
 ) -> list[Hit]:
-    """Exact ranking by image similarity plus weighted product-text similarity.
+    """Exact ranking by image similarity plus weighted product-text similarity (among the
+    items passing ``filters``).
 
     The two spaces come from different models, so this cannot be one vector: it joins each image
     vector with its item's text vector and scans the catalog (catalog-sized, not corpus-sized).
@@ -268,6 +332,9 @@ def search_with_product_text(
         params.append(list(exclude))
     sql += unavailable_filter("i.item_id")
     params.append(catalog_id)
+    filtered, filter_params = condition(filters, "i.item_id")
+    sql += filtered
+    params.extend(filter_params)
     sql += " ORDER BY score DESC, i.item_id LIMIT %s"
     params.append(int(k))
     with connection.cursor() as cursor:

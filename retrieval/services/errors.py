@@ -18,6 +18,8 @@ class SearchError(Exception):
         "invalid_text": 400,
         "bad_feedback": 400,
         "bad_click": 400,
+        # A filter that is not one of the catalog's facets, a negative price, not a number...
+        "bad_filter": 400,
         "forbidden": 403,
         "bad_key": 403,
         "origin_not_allowed": 403,

@@ -13,7 +13,7 @@ from typing import Any
 from catalog.models import CatalogItem
 from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
 
-from . import admission
+from . import admission, filters
 
 
 def image_url(field: Any) -> str:
@@ -118,6 +118,7 @@ def turn_payload(
         "results": results_event(turn, shown, final=bool(final))["items"],
         "final": bool(final),
         "question": turn.question,
+        "filters": filters.payload(turn.filters),
         "weights": dict(turn.weights),
         "timings": dict(turn.timings),
         "error": {"code": turn.error_code, "message": turn.error} if turn.error_code else None,
@@ -144,6 +145,11 @@ def session_payload(session: SearchSession) -> dict[str, Any]:
         "id": str(session.pk),
         "catalog": {"slug": session.catalog.slug, "name": session.catalog.name},
         "created_at": session.created_at.isoformat(),
+        # Read afresh: a socket's session object is loaded once, when it connects.
+        "filters": filters.state_payload(
+            SearchSession.objects.filter(pk=session.pk).values_list("filters", flat=True).first()
+            or {}
+        ),
         "turns": [
             turn_payload(t, results[t.pk], previews[t.pk]) for t in session.turns.order_by("index")
         ],

@@ -56,6 +56,7 @@ from . import asking, durability, events, finals, payloads, previews, ranking, t
 from .claims import Claim, Superseded, claim, owned
 from .turn_ranking import (
     dialogue_for,
+    filters_of,
     items_of,
     mix,
     product_text,
@@ -266,6 +267,7 @@ class _TurnRun:
             product_text=product_text(
                 description, weights.product_text, also=said, also_weight=said_weight
             ),
+            item_filters=filters_of(self.turn),
         )
         return hits, items_of(hits)
 

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from catalog.models import ItemEmbedding
 from catalog.services import vectors
+from catalog.services.item_filters import ItemFilter
 from catalog.services.vectors import Hit
 
 
@@ -73,8 +74,10 @@ def rank(
     exact: bool = False,
     product_text: tuple[str, np.ndarray, float] | None = None,
     exclude: Sequence[int] = (),
+    filters: Sequence[ItemFilter] = (),
 ) -> list[Hit]:
-    """Rank a catalog's items for a fused query vector.
+    """Rank a catalog's items for a fused query vector, among those passing ``filters`` (the
+    shopper's price, brand, attributes...: inside the same pgvector query, never afterwards).
 
     ``product_text`` = (sentence-model name, query embedding, weight) adds the similarity of the
     query to each item's title/description; items without product text contribute 0 there.
@@ -89,6 +92,7 @@ def rank(
             text_weight=product_text[2],
             k=k,
             exclude=exclude,
+            filters=filters,
         )
     return vectors.search(
         catalog_id=catalog_id,
@@ -97,8 +101,10 @@ def rank(
         query=query,
         k=k,
         exact=exact,
-        ef_search=settings.DAR_HNSW_EF_SEARCH,
+        # A filter skips most of what the index reads: a wider search keeps recall.
+        ef_search=settings.DAR_FILTER_EF_SEARCH if filters else settings.DAR_HNSW_EF_SEARCH,
         exclude=exclude,
+        filters=filters,
     )
 
 

@@ -108,6 +108,7 @@ def text_ranking(turn: Turn, catalog_id: int, liked: list[int], disliked: list[i
         query,
         exclude=disliked if settings.DAR_FEEDBACK_EXCLUDE_DISLIKED else [],
         product_text=turn_ranking.product_text(dialogue_text, settings.DAR_WEIGHT_PRODUCT_TEXT),
+        item_filters=turn_ranking.filters_of(turn),
     )
     ms = round((time.monotonic() - start) * 1000)
     return TextRanking(encoder.name, hits, turn_ranking.items_of(hits), ms)

@@ -15,11 +15,12 @@ from django.conf import settings
 
 from catalog.models import CatalogItem, ItemEmbedding
 from catalog.services import vectors
+from catalog.services.item_filters import ItemFilter
 from catalog.services.vectors import Hit
 from retrieval.models import Turn, TurnResult
 from workers.models.protocols import Dialogue
 
-from . import ranking
+from . import filters, ranking
 
 # What a result payload shows of an item (payloads.item_payload).
 ITEM_FIELDS = (
@@ -73,6 +74,7 @@ def rank_catalog(
     *,
     exclude: list[int],
     product_text: tuple[str, np.ndarray, float] | None = None,
+    item_filters: Sequence[ItemFilter] = (),
 ) -> list[Hit]:
     if product_text is not None and product_text[2] > 0:
         # Linear: scaling the query scales every image similarity.
@@ -84,7 +86,13 @@ def rank_catalog(
         k=settings.DAR_RESULTS_K,
         product_text=product_text,
         exclude=exclude,
+        filters=item_filters,
     )
+
+
+def filters_of(turn: Turn) -> list[ItemFilter]:
+    """The filters the turn ranks with, decided when its message was stored (``filters``)."""
+    return filters.item_filters(turn.filters)
 
 
 def with_feedback(

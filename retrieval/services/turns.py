@@ -35,6 +35,7 @@ from dar_site.storable_text import unstorable_reason
 from retrieval.models import SearchSession, Turn
 
 from . import admission, events, ratelimit
+from . import filters as search_filters
 from .errors import SearchError
 
 log = logging.getLogger(__name__)
@@ -73,24 +74,64 @@ def submit_message(
     *,
     address: str | None = None,
     enqueue: Callable[[Turn], None] | None = None,
+    filters: Any = None,
     restate: Any = False,
 ) -> Turn:
     """Validate a shopper's message, store it as the session's next turn and enqueue the turn.
 
+    ``filters``: filters the shopper picked or removed along with the message
+    (``{"set": [...], "remove": [...]}``, see ``filters.parse_change``).
     ``restate``: the message is the shopper's own rewrite of what the search understood (the
     page's editable description). It replaces the dialogue so far: this turn and the next ones
-    search from it, as if the conversation had started there.
+    search from it, as if the conversation had started there (chips removed before come back
+    when it says them; see ``filters``).
 
     ``enqueue`` replaces sending the turn's tasks to Celery (the dialogue benchmark runs them in
     its own process, through the same stages); the ``turn.accepted`` event goes out either way.
 
-    Raises ``SearchError`` (nothing is stored) for an empty or oversized message, a session that
-    reached DAR_MAX_TURNS_PER_SESSION, a full line of waiting turns (``busy``, see
-    ``admission``), or a rate limit.
+    Raises ``SearchError`` (nothing is stored) for an empty or oversized message, filters that are
+    not the catalog's (``bad_filter``), a session that reached DAR_MAX_TURNS_PER_SESSION, a full
+    line of waiting turns (``busy``, see ``admission``), or a rate limit.
     """
     text = clean_message(text)
     if not isinstance(restate, bool):
         raise SearchError("invalid", "restate is true or false.")
+    turn = _store_turn(session, text, filters, address=address, enqueue=enqueue, restate=restate)
+    assert turn is not None  # a message always makes a turn
+    return turn
+
+
+def change_filters(
+    session: SearchSession,
+    filters: Any,
+    *,
+    address: str | None = None,
+    enqueue: Callable[[Turn], None] | None = None,
+) -> tuple[dict[str, Any], Turn | None]:
+    """Apply filters the shopper picked or removed (a chip) without saying anything: the latest
+    message is searched again with them, as the session's next turn (same dialogue, so nothing
+    counts as said again). Returns the session's filter state and that turn (None before the
+    first message: the filters then apply to it)."""
+    if not isinstance(filters, dict) or not (filters.get("set") or filters.get("remove")):
+        raise SearchError(
+            "bad_filter", 'Send {"set": [...]} or {"remove": [...]}: which filters to change.'
+        )
+    turn = _store_turn(session, None, filters, address=address, enqueue=enqueue)
+    state = SearchSession.objects.values_list("filters", flat=True).get(pk=session.pk)
+    return search_filters.state_payload(state), turn
+
+
+def _store_turn(
+    session: SearchSession,
+    text: str | None,
+    raw_filters: Any,
+    *,
+    address: str | None,
+    enqueue: Callable[[Turn], None] | None,
+    restate: bool = False,
+) -> Turn | None:
+    """Store the session's next turn: ``text`` as a new message, or (None) the latest message
+    again with changed filters; None when there is no message yet (only the filters are kept)."""
     with transaction.atomic():
         # Touching the session row locks it: concurrent messages are serialised, so indexes stay
         # gapless.
@@ -99,27 +140,53 @@ def submit_message(
         previous = list(
             Turn.objects.filter(session_id=session.pk)
             .order_by("index")
-            .values_list("status", "created_at", "started_at", "context")
+            .values_list("message", "status", "created_at", "started_at", "context")
         )
+        # The dialogue so far: the latest turn's (every message, unless a turn searched again).
+        last_context = [str(m) for m in previous[-1][4]] if previous else []
+        last_context = last_context or [str(message) for message, *_ in previous]
+        # A click counts the messages said before it: the words of a message with that index or
+        # later (one sent with the click included) win over it.
+        at = 0 if restate else len(last_context)
+        change = search_filters.parse_change(session.catalog_id, raw_filters, at)
+        state = SearchSession.objects.values_list("filters", flat=True).get(pk=session.pk)
+        if restate:
+            # The dialogue starts again from the restatement: so do the clicks' message counts.
+            state = search_filters.restarted(state)
+        if change:
+            state = search_filters.changed_state(state, change, at)
+        if change or restate:
+            SearchSession.objects.filter(pk=session.pk).update(filters=state)
+        if text is None and not previous:
+            return None
         if len(previous) >= settings.DAR_MAX_TURNS_PER_SESSION:
             raise SearchError(
                 "too_many_turns",
                 "This search has reached its length limit; please start a new search.",
             )
-        if any(_looks_stuck(status, created, started) for status, created, started, _ in previous):
+        if any(
+            _looks_stuck(status, created, started) for _, status, created, started, _c in previous
+        ):
             # An earlier turn outlived its limit: fail it, or the new one would wait behind it.
             sweep_stuck_turns(session_id=session.pk)
         # Before the rate limit: a message refused for overload must not count against it.
         place = admission.admit(session.pk)
         ratelimit.check_turn_allowed(session.pk, address)
-        # Each turn's dialogue is the one before it plus this message; a restatement starts anew.
-        before = [] if restate or not previous else list(previous[-1][3])
+        repeated = text is None
+        if text is None:
+            # The same dialogue searched again with other filters.
+            text, context = str(previous[-1][0]), last_context
+        else:
+            # Each turn's dialogue is the one before it plus this message (a turn that searched
+            # again with other filters said nothing); a restatement starts anew.
+            context = [text] if restate else [*last_context, text]
         turn = Turn.objects.create(
             session_id=session.pk,
             index=len(previous),
             message=text,
-            context=[*before, text],
+            context=context,
             restates=restate,
+            filters=search_filters.for_turn(session.catalog_id, state, context, again=repeated),
             # The gpu task's id, chosen here so that the row is written once.
             task_id=str(uuid.uuid4()),
         )
@@ -130,14 +197,20 @@ def submit_message(
 def _enqueue(turn: Turn, place: admission.Place | None, send: Callable[[Turn], None]) -> None:
     # Sent (waiting) before the tasks, so the page hears of the turn before any of its stages;
     # a turn that waits behind other shoppers' turns says where, in the same message.
+    shown = search_filters.payload(turn.filters)
     accepted = {
         "type": "turn.accepted",
         "turn": turn.index,
         "message": turn.message,
         "restates": turn.restates,
         "status": "queued",
+        "filters": shown,
     }
     batch = [accepted] if place is None else [accepted, place.event(turn.index)]
+    if shown["notice"]:
+        # Nothing matched every filter: the page says which one was let go.
+        notice = {"type": "notice", "turn": turn.index, "code": "filters_relaxed"}
+        batch.append({**notice, "message": shown["notice"]})
     events.emit(turn.session_id, *batch, wait=True)
     send(turn)
 

@@ -32,6 +32,17 @@
     timings: $("timings"), // only on staff users' pages
     connection: $("connection"),
     newSearch: $("new-search"),
+    chips: $("filter-chips"),
+    filterNotice: $("filter-notice"),
+    filterForm: $("filter-form"),
+    filterKey: $("filter-key"),
+    filterValue: $("filter-value"),
+    filterValuesField: $("filter-values-field"),
+    filterPriceField: $("filter-price-field"),
+    filterMin: $("filter-min"),
+    filterMax: $("filter-max"),
+    filterCurrency: $("filter-currency"),
+    filterError: $("filter-error"),
   };
   const STEPS = ["text", "refine", "paint", "rank", "done"];
 
@@ -192,7 +203,8 @@
         renderState(event.session);
         break;
       case "turn.accepted":
-        addUserBubble(event.turn, event.message, event.restates);
+        addTurnBubble(event.turn, event.message, event.filters, event.restates);
+        if (event.filters && event.turn >= currentTurn) renderFilters(event.filters);
         startTurn(event.turn);
         setStep("text", "active", event.turn);
         setBusy(true);
@@ -326,14 +338,17 @@
     resetProgress();
     clearUnderstanding();
     const turns = session.turns || [];
+    // Before the first message: what was picked waits for it.
+    if (!turns.length) renderPicked(session.filters);
     turns.forEach((turn) => {
-      addUserBubble(turn.index, turn.message, turn.restates);
+      addTurnBubble(turn.index, turn.message, turn.filters, turn.restates);
       if (turn.question) addBubble("assistant question", turn.question, turn.index);
       if (turn.error) addBubble("system error", turn.error.message, turn.index);
     });
     if (!turns.length) return;
     const last = turns[turns.length - 1];
     currentTurn = last.index;
+    renderFilters(last.filters);
     // Show the latest turn that produced anything, so a failed last turn keeps earlier results.
     const shown = [...turns].reverse().find((t) => t.results.length || t.refined_query) || last;
     if (shown.refined_query) renderRefined(shown.refined_query, shown.prompts, shown.fallback);
@@ -374,6 +389,16 @@
       if (config.askQuestions) showAsking(turn.index);
     } else if (next) {
       setStep(next, "active", turn.index);
+    }
+  }
+
+  // A turn that searches the latest message again with changed filters said nothing new.
+  function addTurnBubble(turn, message, filters, restates) {
+    if (filters && filters.again) {
+      if (els.log.querySelector(".bubble.again[data-turn='" + turn + "']")) return;
+      addBubble("system again", "Searching again with the filters changed.", turn);
+    } else {
+      addUserBubble(turn, message, restates);
     }
   }
 
@@ -609,6 +634,129 @@
     return ms >= 1000 ? (ms / 1000).toFixed(1) + " s" : Math.round(ms) + " ms";
   }
 
+  // --- filters: chips of what the turn ranks with, and the facet picker ------------------------
+
+  function renderFilters(filters) {
+    const active = (filters && filters.active) || [];
+    const relaxed = (filters && filters.relaxed) || [];
+    const chips = active.map((f) => filterChip(f, true)).concat(relaxed.map((f) => filterChip(f, false)));
+    els.chips.replaceChildren(...(chips.length ? chips : [noFilters()]));
+    const notice = (filters && filters.notice) || "";
+    els.filterNotice.textContent = notice;
+    els.filterNotice.hidden = !notice;
+  }
+
+  function renderPicked(state) {
+    const picked = (state && state.picked) || [];
+    renderFilters({ active: picked, relaxed: [], notice: "" });
+  }
+
+  function noFilters() {
+    return el("li", "filter-empty small muted", "None: say “under 40 euros” or “in stock”, or pick one below.");
+  }
+
+  function filterChip(filter, removable) {
+    const chip = el("li", "chip" + (removable ? "" : " relaxed"));
+    chip.dataset.key = filter.key;
+    chip.dataset.source = filter.source;
+    chip.appendChild(el("span", "chip-label", filter.label));
+    if (!removable) {
+      chip.title = "Let go: nothing matched every filter";
+      return chip;
+    }
+    chip.title = filter.source === "picked" ? "You picked this" : "From what you said";
+    const remove = el("button", "chip-remove", "×");
+    remove.type = "button";
+    remove.setAttribute("aria-label", "Remove filter: " + filter.label);
+    remove.addEventListener("click", () => changeFilters({ remove: [filter.key] }));
+    chip.appendChild(remove);
+    return chip;
+  }
+
+  function showFilterError(message) {
+    els.filterError.textContent = message || "";
+    els.filterError.hidden = !message;
+  }
+
+  // Picked or removed filters search the latest message again (a new turn whose events arrive on
+  // the socket); before the first message they wait for it.
+  async function changeFilters(change) {
+    if (busy) {
+      showFilterError("Wait until this search is done, then change the filters.");
+      return;
+    }
+    showFilterError("");
+    try {
+      if (!sessionId) {
+        rememberSession(await createSession());
+        connect();
+      }
+      const response = await fetch(config.filtersUrl.replace("SESSION", sessionId), {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+        body: JSON.stringify(change),
+      });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(body.message || "Could not change the filters.");
+      if (body.turn) {
+        setBusy(true);
+        renderFilters(body.turn.filters);
+      } else {
+        renderPicked(body.filters);
+      }
+    } catch (err) {
+      showFilterError(err.message);
+    }
+  }
+
+  const facets = config.facets || { values: {}, currencies: [], availability: [] };
+
+  function option(value, label) {
+    const node = el("option", null, label);
+    node.value = value;
+    return node;
+  }
+
+  function setupPicker() {
+    const keys = [];
+    if (facets.currencies.length) keys.push(option("price", "price"));
+    keys.push(option("availability", "availability"));
+    Object.keys(facets.values).forEach((key) => keys.push(option(key, key.replace(/_/g, " "))));
+    els.filterKey.replaceChildren(...keys);
+    els.filterCurrency.replaceChildren(...facets.currencies.map((c) => option(c, c)));
+    els.filterKey.addEventListener("change", pickerKeyChanged);
+    els.filterForm.addEventListener("submit", applyPicked);
+    pickerKeyChanged();
+  }
+
+  function pickerKeyChanged() {
+    const key = els.filterKey.value;
+    const price = key === "price";
+    els.filterPriceField.hidden = !price;
+    els.filterValuesField.hidden = price;
+    if (price) return;
+    const values = key === "availability" ? facets.availability : facets.values[key] || [];
+    els.filterValue.replaceChildren(
+      ...values.map((v) => option(v, key === "availability" ? AVAILABILITY[v] || v : v))
+    );
+  }
+
+  function applyPicked(event) {
+    event.preventDefault();
+    const key = els.filterKey.value;
+    let filter;
+    if (key === "price") {
+      filter = { key: key, currency: els.filterCurrency.value };
+      // The server checks the numbers (a clear message for a negative or missing one).
+      if (els.filterMin.value !== "") filter.min = els.filterMin.value;
+      if (els.filterMax.value !== "") filter.max = els.filterMax.value;
+    } else {
+      filter = { key: key, values: [els.filterValue.value] };
+    }
+    changeFilters({ set: [filter] });
+  }
+
   // --- composing -----------------------------------------------------------------------------
 
   // What the server would refuse, said before sending: empty or too long (nothing is cut).
@@ -742,6 +890,8 @@
     els.log.querySelectorAll(".bubble:not(.intro)").forEach((node) => node.remove());
     resetProgress();
     clearUnderstanding();
+    renderFilters(null);
+    showFilterError("");
     setBusy(false);
     setConnection("idle", "not connected");
     els.input.focus();
@@ -757,6 +907,7 @@
     }
   });
   els.newSearch.addEventListener("click", newSearch);
+  setupPicker();
   els.editRefined.addEventListener("click", () => openEditor(els.refined.textContent));
   els.editorCancel.addEventListener("click", () => {
     closeEditor();
