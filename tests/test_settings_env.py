@@ -67,6 +67,9 @@ def test_production_settings_refuse_to_start_without_secret_key(tmp_path: object
     env = {
         "PATH": "/usr/bin:/bin",
         "DJANGO_DEBUG": "0",
+        # Set, but empty: the .env that `make demo` writes (it has a key) fills in only unset
+        # variables, so a developer's test run after the demo must not pick up its key.
+        "DJANGO_SECRET_KEY": "",
         "DATABASE_URL": "postgresql://x@h/db",
         "REDIS_URL": "redis://127.0.0.1:1/0",
         "DAR_RUN_DIR": str(tmp_path),
