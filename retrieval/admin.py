@@ -445,34 +445,27 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         )
 
     def _dashboard_input(
-        self, request: HttpRequest, params: Mapping[str, str] | None = None
-    ) -> tuple[filters.DashboardFilter, QuerySet[SearchSession]] | HttpResponse:
-        """The filter and the sessions it selects, or the 400 answer for a bad filter."""
+        self, request: HttpRequest, params: Mapping[str, str]
+    ) -> tuple[filters.DashboardFilter, QuerySet[SearchSession]]:
+        """The filter and the sessions it selects; raises ``filters.FilterError`` for a bad one."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        try:
-            chosen = filters.parse(request.GET if params is None else params)
-        except filters.FilterError as error:
-            return HttpResponseBadRequest(str(error))
+        chosen = filters.parse(params)
         visible = scope.visible_catalogs(request.user)
         if chosen.catalog_id is not None and not visible.filter(pk=chosen.catalog_id).exists():
             raise PermissionDenied
         return chosen, chosen.apply(scope.visible_sessions(request.user))
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
-        selected = self._dashboard_input(request)
         filter_error = ""
-        if isinstance(selected, HttpResponseBadRequest):
+        try:
+            chosen, sessions = self._dashboard_input(request, request.GET)
+        except filters.FilterError as error:
             # A bad date range: the page (form included) for the period alone, saying what was
-            # wrong, instead of a bare error text.
-            filter_error = selected.content.decode()
+            # wrong, instead of a bare error text. Without dates nothing is refused.
+            filter_error = str(error)
             period = {k: str(v) for k, v in request.GET.items() if k not in ("start", "end")}
-            shown = self._dashboard_input(request, period)
-            assert not isinstance(shown, HttpResponse)  # without dates nothing is refused
-            selected = shown
-        if isinstance(selected, HttpResponse):
-            return selected
-        chosen, sessions = selected
+            chosen, sessions = self._dashboard_input(request, period)
         figures = stats.dashboard(sessions)
         pngs = {
             "funnel": charts.funnel_chart(figures.funnel),
@@ -515,10 +508,10 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         """One table of the dashboard, for the same filter, as CSV or JSON."""
         if table not in tables.TABLES or fmt not in exports.FORMATS:
             return HttpResponseBadRequest("unknown export")
-        selected = self._dashboard_input(request)
-        if isinstance(selected, HttpResponse):
-            return selected
-        _, sessions = selected
+        try:
+            _, sessions = self._dashboard_input(request, request.GET)
+        except filters.FilterError as error:
+            return HttpResponseBadRequest(str(error))
         figures = stats.dashboard(sessions)
         rows = tables.rows(table, figures, sessions)
         if fmt == "csv":

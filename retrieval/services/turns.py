@@ -96,7 +96,7 @@ def submit_message(
     text = clean_message(text)
     if not isinstance(restate, bool):
         raise SearchError("invalid", "restate is true or false.")
-    turn = _store_turn(session, text, filters, address=address, enqueue=enqueue, restate=restate)
+    turn, _ = _store_turn(session, text, filters, address=address, enqueue=enqueue, restate=restate)
     assert turn is not None  # a message always makes a turn
     return turn
 
@@ -116,8 +116,7 @@ def change_filters(
         raise SearchError(
             "bad_filter", 'Send {"set": [...]} or {"remove": [...]}: which filters to change.'
         )
-    turn = _store_turn(session, None, filters, address=address, enqueue=enqueue)
-    state = SearchSession.objects.values_list("filters", flat=True).get(pk=session.pk)
+    turn, state = _store_turn(session, None, filters, address=address, enqueue=enqueue)
     return search_filters.state_payload(state), turn
 
 
@@ -129,9 +128,10 @@ def _store_turn(
     address: str | None,
     enqueue: Callable[[Turn], None] | None,
     restate: bool = False,
-) -> Turn | None:
+) -> tuple[Turn | None, dict[str, Any]]:
     """Store the session's next turn: ``text`` as a new message, or (None) the latest message
-    again with changed filters; None when there is no message yet (only the filters are kept)."""
+    again with changed filters; None when there is no message yet (only the filters are kept).
+    Also returns the session's filter state as stored."""
     with transaction.atomic():
         # Touching the session row locks it: concurrent messages are serialised, so indexes stay
         # gapless.
@@ -158,7 +158,7 @@ def _store_turn(
         if change or restate:
             SearchSession.objects.filter(pk=session.pk).update(filters=state)
         if text is None and not previous:
-            return None
+            return None, state
         if len(previous) >= settings.DAR_MAX_TURNS_PER_SESSION:
             raise SearchError(
                 "too_many_turns",
@@ -191,7 +191,7 @@ def _store_turn(
             task_id=str(uuid.uuid4()),
         )
         transaction.on_commit(lambda: _enqueue(turn, place, enqueue or _send_tasks))
-    return turn
+    return turn, state
 
 
 def _enqueue(turn: Turn, place: admission.Place | None, send: Callable[[Turn], None]) -> None:
