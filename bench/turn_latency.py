@@ -3,7 +3,7 @@
     python -m bench.turn_latency               # 21 turns (7 three-message searches), 2 warm-up
     python -m bench.turn_latency --turns 60
 
-Each turn goes the real way: ``turns.submit_message`` (what the websocket consumer calls) stores it
+Each turn goes the real way: ``submit.submit_message`` (what the websocket consumer calls) stores it
 and queues its two tasks through Redis, the text stage (``interactive.turn_text``) and the rest
 (``gpu.run_turn``); real Celery workers (threads of this process, so their calls can be timed), one
 per queue as an instance runs them, do the work; the events come back through the channel layer.
@@ -39,11 +39,11 @@ def one_turn(
     session: Any, text: str, meter: Meter, tap: EventTap, timeout: float
 ) -> dict[str, Any]:
     from retrieval.models import Turn
-    from retrieval.services import turns
+    from retrieval.turn import submit
 
     meter.reset()
     start = time.perf_counter()
-    turn = turns.submit_message(session, text)
+    turn = submit.submit_message(session, text)
     index = turn.index
 
     def of_turn(kind: str, **match: Any) -> Any:
@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> None:
     from django.conf import settings
 
     from retrieval.models import SearchSession
-    from retrieval.services import events, pipeline, previews
+    from retrieval.services import events
+    from retrieval.turn import pipeline, previews
     from workers.models.config import model_plan
 
     if args.questions is not None:
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> None:
     spans = [
         (events, "emit", "channel layer"),
         (previews, "_write", "preview files (beside the ranking)"),
-        (pipeline._TurnRun, "_save_final", FINAL_WRITE),
+        (pipeline._TurnRun, "_write_final", FINAL_WRITE),
     ]
     rows: list[dict[str, Any]] = []
     with (

@@ -417,12 +417,12 @@ DAR_WEBSOCKET_ALLOWED_ORIGINS = _exact_origins(
 )
 # Search sessions a shop's widget may start per client address and rate-limit window.
 DAR_RATE_LIMIT_WIDGET_SESSIONS = env_int("DAR_RATE_LIMIT_WIDGET_SESSIONS", 20, min=1)
-# Search turns (retrieval/services/turns.py, pipeline.py). Per-address turn limit: several
+# Search turns (retrieval/turn/). Per-address turn limit: several
 # shoppers may share one address (NAT, office), so it is looser than the per-session one.
 DAR_RATE_LIMIT_ADDRESS_TURNS = env_int(
     "DAR_RATE_LIMIT_ADDRESS_TURNS", 5 * DAR_RATE_LIMIT_TURNS, min=1
 )
-# Turns that may wait for a gpu worker at once (retrieval/services/admission.py); a message that
+# Turns that may wait for a gpu worker at once (retrieval/turn/admission.py); a message that
 # finds this many waiting is refused ("busy", REST 503 + Retry-After) and not stored. About the
 # turns an instance finishes within DAR_TURN_TIME_LIMIT: ~0.28 turns/s on 2 CPU cores.
 DAR_TURN_QUEUE_DEPTH = env_int("DAR_TURN_QUEUE_DEPTH", 32, min=1)
@@ -434,7 +434,7 @@ DAR_FEEDBACK_EXCLUDE_DISLIKED = env_bool("DAR_FEEDBACK_EXCLUDE_DISLIKED", True)
 # A turn whose worker died this many times is failed ("worker_lost") instead of rerun again.
 DAR_TURN_MAX_ATTEMPTS = env_int("DAR_TURN_MAX_ATTEMPTS", 3, min=1)
 # A turn's tasks commit without waiting for PostgreSQL's WAL flush (synchronous_commit off): what
-# they write is derived from the stored message, see retrieval/services/durability.py.
+# they write is derived from the stored message, see retrieval/turn/store.py, derived_writes.
 DAR_TURN_ASYNC_COMMIT = env_bool("DAR_TURN_ASYNC_COMMIT", True)
 # Celery beat runs the stuck-turn sweeper this often (pages also sweep when they connect).
 DAR_SWEEP_INTERVAL = env_int("DAR_SWEEP_INTERVAL", 60, min=5)

@@ -41,9 +41,10 @@ from retrieval.api_schema import (
     errors,
 )
 from retrieval.models import SearchSession
-from retrieval.services import access, clicks, feedback, payloads, sessions, turns, widget
+from retrieval.services import access, clicks, sessions, widget
 from retrieval.services.errors import SearchError
 from retrieval.throttles import SessionCreateThrottle
+from retrieval.turn import payloads, submit, sweep
 
 
 class ShopperSessionAuthentication(SessionAuthentication):
@@ -249,7 +250,7 @@ class SessionDetailView(SearchAPIView):
     )
     def get(self, request: Request, session_id: str) -> Response:
         session = self.owned_session(request, session_id)
-        turns.sweep_stuck_turns(session_id=session.pk)
+        sweep.sweep_stuck_turns(session_id=session.pk)
         return Response(payloads.session_payload(session))
 
 
@@ -269,7 +270,7 @@ class MessageView(SearchAPIView):
     def post(self, request: Request, session_id: str) -> Response:
         session = self.owned_session(request, session_id)
         body = self.body(request)
-        turn = turns.submit_message(
+        turn = submit.submit_message(
             session,
             body.get("text"),
             address=request.META.get("REMOTE_ADDR"),
@@ -295,7 +296,7 @@ class FiltersView(SearchAPIView):
     )
     def post(self, request: Request, session_id: str) -> Response:
         session = self.owned_session(request, session_id)
-        state, turn = turns.change_filters(
+        state, turn = submit.change_filters(
             session, self.body(request), address=request.META.get("REMOTE_ADDR")
         )
         body = {"filters": state, "turn": None if turn is None else payloads.turn_payload(turn)}
@@ -310,7 +311,7 @@ class TurnView(SearchAPIView):
     )
     def get(self, request: Request, session_id: str, index: int) -> Response:
         session = self.owned_session(request, session_id)
-        turns.sweep_stuck_turns(session_id=session.pk)
+        sweep.sweep_stuck_turns(session_id=session.pk)
         turn = session.turns.filter(index=index).first()
         if turn is None:
             raise SearchError("not_found", f"This session has no turn {index}.")
@@ -326,7 +327,7 @@ class FeedbackView(SearchAPIView):
     def post(self, request: Request, session_id: str) -> Response:
         session = self.owned_session(request, session_id)
         body = self.body(request)
-        event = feedback.record_feedback(session, body.get("item"), body.get("value"))
+        event = submit.record_feedback(session, body.get("item"), body.get("value"))
         return Response({"item": event["item"], "value": event["value"]})
 
 

@@ -1,6 +1,6 @@
 """OpenAPI shapes of the search endpoints' answers (drf-spectacular reads these serializers).
 
-The views answer with the dicts of ``retrieval.services.payloads``; these serializers only
+The views answer with the dicts of ``retrieval.turn.payloads``; these serializers only
 document them, field for field, so the schema says what a client really receives.
 ``tests/test_search_api_schema.py`` checks real answers against them.
 """

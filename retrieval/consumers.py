@@ -4,7 +4,7 @@ Client -> server: ``{"type": "message", "text": ..., "filters"?: {"set", "remove
 picked with the message, as the REST API takes them), ``{"type": "feedback", "item": <id>,
 "value": 1 | -1 | 0}``, ``{"type": "click", "item": <id>}`` (the shopper opened a result; only a
 bad item is answered, with an error), ``{"type": "restore"}``. Server -> client: the session's
-events (see retrieval/services/payloads.py), a ``state`` event on connect and on restore, and
+events (see retrieval/turn/payloads.py), a ``state`` event on connect and on restore, and
 ``error`` events for bad input, after which the socket stays open.
 
 A shop's embedded widget (an origin some catalog allows, see dar_site/origins.py) carries no
@@ -29,8 +29,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from dar_site.storable_text import unstorable_reason
 from retrieval.consumer_db import run_in_pool
 from retrieval.models import SearchSession
-from retrieval.services import access, clicks, events, feedback, payloads, turns, widget
+from retrieval.services import access, clicks, events, widget
 from retrieval.services.errors import SearchError
+from retrieval.turn import payloads, submit, sweep
 
 CLOSE_CODES = {"forbidden": 4403, "not_found": 4404, "bad_key": 4403, "origin_not_allowed": 4403}
 # A widget's socket must send its auth frame this soon after opening.
@@ -137,7 +138,7 @@ class SearchConsumer(AsyncWebsocketConsumer):
         kind = data.get("type")
         if kind == "message":
             # turn.accepted reaches this socket through the session's group, like every event.
-            await run_in_pool(turns.submit_message)(
+            await run_in_pool(submit.submit_message)(
                 self.session,
                 data.get("text"),
                 address=_address(self.scope),
@@ -145,7 +146,7 @@ class SearchConsumer(AsyncWebsocketConsumer):
                 restate=data.get("restate", False),
             )
         elif kind == "feedback":
-            await run_in_pool(feedback.record_feedback)(
+            await run_in_pool(submit.record_feedback)(
                 self.session, data.get("item"), data.get("value")
             )
         elif kind == "click":
@@ -179,7 +180,7 @@ def _widget_session(session_id: object, key: object, origin: str, token: object)
 
 def _state(session: SearchSession) -> dict[str, Any]:
     # A page that reconnects after a worker died must not wait forever on a dead turn.
-    turns.sweep_stuck_turns(session_id=session.pk)
+    sweep.sweep_stuck_turns(session_id=session.pk)
     return payloads.state_event(session)
 
 

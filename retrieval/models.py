@@ -22,7 +22,7 @@ class SearchSession(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     # Filters the shopper clicked ("picked": filter dicts, each with "at", the number of messages
-    # before it) and chips removed ("removed": key -> that number): retrieval/services/filters.py.
+    # before it) and chips removed ("removed": key -> that number): retrieval/turn/filters.py.
     filters = models.JSONField(default=dict, blank=True)
 
     class Meta:
@@ -53,7 +53,7 @@ class Turn(models.Model):
     question = models.TextField(blank=True)
     weights = models.JSONField(default=dict, blank=True)
     # The filters the turn ranks with ("active"), those relaxed because nothing matched them all
-    # ("relaxed") and what the shopper is told of it ("notice"): retrieval/services/filters.py.
+    # ("relaxed") and what the shopper is told of it ("notice"): retrieval/turn/filters.py.
     filters = models.JSONField(default=dict, blank=True)
     encoder_name = models.CharField(max_length=300, blank=True)
     timings = models.JSONField(default=dict, blank=True)

@@ -10,8 +10,9 @@ from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from catalog.models import CatalogItem
-from retrieval.services import filters, sessions
+from retrieval.services import sessions
 from retrieval.services.errors import SearchError
+from retrieval.turn import filters
 
 
 def _stand_in() -> bool:

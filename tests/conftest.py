@@ -169,9 +169,9 @@ def no_task_queue(monkeypatch: Any) -> list[tuple[str, Any]]:
     and tasks left in this run's queues would reach the next test's workers."""
     from types import SimpleNamespace
 
-    from retrieval.services import turns
+    from retrieval.turn import submit
 
     sent: list[tuple[str, Any]] = []
     fake_app = SimpleNamespace(send_task=lambda name, **kwargs: sent.append((name, kwargs)))
-    monkeypatch.setattr(turns, "current_app", fake_app)
+    monkeypatch.setattr(submit, "current_app", fake_app)
     return sent

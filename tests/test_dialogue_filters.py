@@ -15,7 +15,7 @@ from catalog.models import Catalog, CatalogItem
 from catalog.services import vectors
 from catalog.services.item_filters import ItemFilter
 from retrieval.models import SearchSession, Turn
-from retrieval.services import filters, payloads, pipeline, text_stage, turns
+from retrieval.turn import filters, payloads, pipeline, submit, text_stage
 from tests.browser import (
     CHROMIUM,
     axe_violations,
@@ -203,7 +203,7 @@ def test_a_red_dress_under_40_euros_returns_only_those_with_their_price(
     settings.DAR_RESULTS_K = 3
     catalog = _embedded_catalog()
     session = SearchSessionFactory.create(catalog=catalog)
-    turn = turns.submit_message(session, "a red dress under 40 euros", enqueue=_no_tasks)
+    turn = submit.submit_message(session, "a red dress under 40 euros", enqueue=_no_tasks)
     active = {f["key"]: f for f in turn.filters["active"]}
     assert set(active) == {"price", "color", "kind"}
     assert (active["price"]["max"], active["price"]["currency"]) == ("40.00", "EUR")
@@ -283,7 +283,7 @@ def test_when_nothing_matches_the_least_certain_filter_is_relaxed_and_said(
     session = SearchSessionFactory.create(catalog=catalog)
     with EventRecorder(session.pk) as events:
         # Acme only makes items 0-5 (10-35 EUR): no blue Acme shirt under 12 EUR exists.
-        turn = turns.submit_message(session, "a blue Acme shirt under 12 euros", enqueue=_no_tasks)
+        turn = submit.submit_message(session, "a blue Acme shirt under 12 euros", enqueue=_no_tasks)
         events.wait_for(lambda evs: any(e["type"] == "notice" for e in evs))
     relaxed = [f["key"] for f in turn.filters["relaxed"]]
     # Word matches go first (attributes, then brand); the explicit price goes last.
@@ -303,36 +303,36 @@ def test_when_nothing_matches_the_least_certain_filter_is_relaxed_and_said(
 def test_a_removed_chip_stays_removed_until_said_again(offline_models: Any) -> None:
     catalog = _embedded_catalog()
     session = SearchSessionFactory.create(catalog=catalog)
-    first = turns.submit_message(session, "a red dress under 40 euros", enqueue=_no_tasks)
+    first = submit.submit_message(session, "a red dress under 40 euros", enqueue=_no_tasks)
     assert "price" in {f["key"] for f in first.filters["active"]}
 
-    state, again = turns.change_filters(session, {"remove": ["price"]}, enqueue=_no_tasks)
+    state, again = submit.change_filters(session, {"remove": ["price"]}, enqueue=_no_tasks)
     assert state["removed"] == ["price"] and again is not None
     # The same dialogue searched again, without the price.
     assert (again.index, again.message, again.context) == (1, first.message, first.context)
     assert "price" not in {f["key"] for f in again.filters["active"]}
     assert again.filters["again"] and not first.filters["again"]
-    later = turns.submit_message(session, "with long sleeves", enqueue=_no_tasks)
+    later = submit.submit_message(session, "with long sleeves", enqueue=_no_tasks)
     assert "price" not in {f["key"] for f in later.filters["active"]}
-    said = turns.submit_message(session, "under 50 euros", enqueue=_no_tasks)
+    said = submit.submit_message(session, "under 50 euros", enqueue=_no_tasks)
     price = next(f for f in said.filters["active"] if f["key"] == "price")
     assert price["max"] == "50.00" and price["source"] == "said"
 
     # Picking a brand holds over later messages until one says otherwise.
-    state, picked = turns.change_filters(
+    state, picked = submit.change_filters(
         session, {"set": [{"key": "brand", "values": ["acme"]}]}, enqueue=_no_tasks
     )
     assert state["picked"][0]["values"] == ["Acme"] and picked is not None
     brand = next(f for f in picked.filters["active"] if f["key"] == "brand")
     assert brand["source"] == "picked"
-    keep = turns.submit_message(session, "red please", enqueue=_no_tasks)
+    keep = submit.submit_message(session, "red please", enqueue=_no_tasks)
     assert any(f["key"] == "brand" for f in keep.filters["active"])
-    dropped = turns.submit_message(session, "any brand", enqueue=_no_tasks)
+    dropped = submit.submit_message(session, "any brand", enqueue=_no_tasks)
     assert not any(f["key"] == "brand" for f in dropped.filters["active"])
 
     # A restatement starts the dialogue again: its own words are all that was said.
-    turns.change_filters(session, {"remove": ["color"]}, enqueue=_no_tasks)
-    restated = turns.submit_message(
+    submit.change_filters(session, {"remove": ["color"]}, enqueue=_no_tasks)
+    restated = submit.submit_message(
         session, "a red dress under 30 euros", enqueue=_no_tasks, restate=True
     )
     active = {f["key"]: f for f in restated.filters["active"]}
@@ -354,7 +354,7 @@ def _shopper(slug: str) -> APIClient:
 def test_rest_takes_explicit_filters_and_refuses_bad_ones(
     offline_models: Any, monkeypatch: Any, redis_client: Any
 ) -> None:
-    monkeypatch.setattr(turns, "_send_tasks", _no_tasks)
+    monkeypatch.setattr(submit, "_send_tasks", _no_tasks)
     for key in redis_client.scan_iter(f"{settings.REDIS_PREFIX}:ratelimit:*"):
         redis_client.delete(key)
     catalog = _embedded_catalog()
@@ -421,7 +421,7 @@ def test_rest_takes_explicit_filters_and_refuses_bad_ones(
 def test_the_page_shows_chips_removes_one_and_picks_a_facet(
     transactional_db: None, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(turns, "_send_tasks", _no_tasks)  # no workers: the turns stay queued
+    monkeypatch.setattr(submit, "_send_tasks", _no_tasks)  # no workers: the turns stay queued
     said = "a red product under 45 euros"
 
     def make_products(session_id: uuid.UUID) -> None:

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from catalog.models import Catalog, ItemEmbedding
 from catalog.services import vectors
 from retrieval.evaluation import protocol
-from retrieval.services import ranking
+from retrieval.turn import ranking
 from tests.factories import CatalogFactory, CatalogItemFactory, png_bytes
 from workers.models.protocols import Dialogue
 

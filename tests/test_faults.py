@@ -31,7 +31,7 @@ from catalog.services import ingest, sources, validation
 from dar_site.asgi import application
 from dar_site.celery import app
 from retrieval.models import SearchSession, Turn, TurnResult
-from retrieval.services import turns
+from retrieval.turn import store, submit, sweep, tasks
 from tests.factories import (
     CatalogFactory,
     CatalogItemFactory,
@@ -120,7 +120,7 @@ def test_worker_killed_mid_turn_is_rerun_by_another_worker(
         try:
             interactive.wait_ready()
             first.wait_ready()
-            turn = turns.submit_message(session, MESSAGE)
+            turn = submit.submit_message(session, MESSAGE)
             # Kill once the provisional results are stored and the gpu attempt runs: the turn is
             # really half done.
             wait_for(
@@ -129,7 +129,7 @@ def test_worker_killed_mid_turn_is_rerun_by_another_worker(
                         turn.results.filter(final=False).exists()
                         and Turn.objects.get(pk=turn.pk).status == Turn.Status.RUNNING
                     )
-                    or Turn.objects.get(pk=turn.pk).status not in turns.ACTIVE
+                    or Turn.objects.get(pk=turn.pk).status not in store.ACTIVE
                 ),
                 timeout=TURN_TIMEOUT,
                 what="provisional results and a running gpu attempt",
@@ -154,7 +154,7 @@ def test_worker_killed_mid_turn_is_rerun_by_another_worker(
             second.wait_ready()
             _turn_outcome(events)
             wait_for(
-                lambda: Turn.objects.get(pk=turn.pk).status not in turns.ACTIVE,
+                lambda: Turn.objects.get(pk=turn.pk).status not in store.ACTIVE,
                 timeout=30,
                 what="the turn row to finish",
             )
@@ -187,10 +187,10 @@ def test_turn_whose_task_is_lost_past_its_attempts_fails_with_worker_lost(
 
     def running(attempt: int) -> bool:
         status, attempts = state()
-        return attempts >= attempt or status not in turns.ACTIVE
+        return attempts >= attempt or status not in store.ACTIVE
 
     with EventRecorder(session.pk) as events:
-        turn = turns.submit_message(session, MESSAGE)
+        turn = submit.submit_message(session, MESSAGE)
         # Two workers in a row die in the middle of the turn (OOM kill, node lost), each once the
         # turn runs under its attempt; the second restores the unacknowledged message after the
         # (shortened) visibility timeout.
@@ -234,7 +234,7 @@ def test_turn_whose_task_is_lost_past_its_attempts_fails_with_worker_lost(
     assert turn.finished_at is not None
     assert turn.message == MESSAGE and turn.context == [MESSAGE]
     # Nothing is left for a sweeper or a page to wait on.
-    assert turns.sweep_stuck_turns(session_id=session.pk) == 0
+    assert sweep.sweep_stuck_turns(session_id=session.pk) == 0
 
 
 # --- Redis restarted ------------------------------------------------------------------------
@@ -479,7 +479,7 @@ def test_db_connection_lost_while_storing_results_fails_the_turn_cleanly(
     with EventRecorder(session.pk) as events:
         # Dies in the middle of inserting the final ranking, after its first row.
         with backend_killed_on_insert("retrieval_turnresult", "NEW.final AND NEW.rank = 2") as kill:
-            turn = turns.submit_message(session, MESSAGE)
+            turn = submit.submit_message(session, MESSAGE)
             _turn_outcome(events)
             assert kill.hits() == 1
         errors = events.of("error", 0)
@@ -493,7 +493,7 @@ def test_db_connection_lost_while_storing_results_fails_the_turn_cleanly(
         assert turn.results.filter(final=False).count() == 8
 
         # Nothing the shopper said is lost: the next message carries the whole dialogue.
-        follow_up = turns.submit_message(session, "with a white handle")
+        follow_up = submit.submit_message(session, "with a white handle")
         _turn_outcome(events, index=1)
     assert follow_up.context == [MESSAGE, "with a white handle"]
     _assert_complete(follow_up, catalog_size=8)
@@ -544,17 +544,17 @@ def test_turn_task_delivered_twice_is_idempotent(celery_worker: Any, fast_turns:
     catalog = embedded_catalog(8)
     session = _new_session(catalog=catalog)
     with EventRecorder(session.pk) as events:
-        turn = turns.submit_message(session, MESSAGE)
+        turn = submit.submit_message(session, MESSAGE)
         _turn_outcome(events)
         before = _snapshot(turn)
         # A late redelivery of a finished turn is a no-op.
-        for result in [app.send_task(turns.RUN_TURN_TASK, args=[turn.pk]) for _ in range(2)]:
+        for result in [app.send_task(tasks.RUN_TURN_TASK, args=[turn.pk]) for _ in range(2)]:
             result.get(timeout=TURN_TIMEOUT)
         assert _snapshot(turn) == before
 
         # A duplicate racing the original: one of them takes the turn over, the other stops.
-        racing = turns.submit_message(session, "with a white handle")
-        duplicate = app.send_task(turns.RUN_TURN_TASK, args=[racing.pk])
+        racing = submit.submit_message(session, "with a white handle")
+        duplicate = app.send_task(tasks.RUN_TURN_TASK, args=[racing.pk])
         _turn_outcome(events, index=1)
         duplicate.get(timeout=TURN_TIMEOUT)
         # The original delivery stores no result (the turn's row is its outcome): wait until the

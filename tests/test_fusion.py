@@ -14,7 +14,7 @@ from django.test import override_settings
 
 from catalog.models import ItemEmbedding
 from catalog.services import vectors
-from retrieval.services import ranking
+from retrieval.turn import ranking
 from tests.factories import CatalogFactory, CatalogItemFactory
 
 pytestmark = pytest.mark.django_db

@@ -20,7 +20,7 @@ from catalog.services import ingest
 from catalog.services.sources import from_bytes
 from dar_site import media
 from dar_site.storage_config import storages_setting
-from retrieval.services import payloads, previews
+from retrieval.turn import payloads, previews
 from tests.factories import CatalogFactory, SearchSessionFactory, TurnFactory, image_bytes
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from catalog.models import CatalogItem
 from catalog.services import facets, feeds, vectors
-from retrieval.services import payloads
+from retrieval.turn import payloads
 from tests.browser import CHROMIUM, chromium, live_server, off_loop, open_stored_search
 from tests.factories import CatalogFactory, CatalogItemFactory, png_bytes, shop_admin
 

@@ -13,9 +13,9 @@ from rest_framework.test import APIClient
 
 from dar_site.asgi import application
 from retrieval.models import SearchSession, Turn
-from retrieval.services import text_stage, turns
 from retrieval.services.errors import SearchError
-from retrieval.services.turn_ranking import dialogue_for, query_text
+from retrieval.turn import submit, text_stage
+from retrieval.turn.ranking import dialogue_for, query_text
 from tests.browser import CHROMIUM, chromium, live_server, off_loop, open_stored_search
 from tests.factories import (
     CatalogFactory,
@@ -40,10 +40,10 @@ def test_a_restatement_starts_the_dialogue_again_and_later_messages_build_on_it(
     sent: list[Any],
 ) -> None:
     session = _session()
-    turns.submit_message(session, "a green frog")
-    turns.submit_message(session, "with big eyes")
-    restated = turns.submit_message(session, "a blue cat, sitting", restate=True)
-    after = turns.submit_message(session, "with a red collar")
+    submit.submit_message(session, "a green frog")
+    submit.submit_message(session, "with big eyes")
+    restated = submit.submit_message(session, "a blue cat, sitting", restate=True)
+    after = submit.submit_message(session, "with a red collar")
 
     assert restated.restates and restated.context == ["a blue cat, sitting"]
     assert after.context == ["a blue cat, sitting", "with a red collar"] and not after.restates
@@ -60,7 +60,7 @@ def test_a_restatement_starts_the_dialogue_again_and_later_messages_build_on_it(
 
 
 def test_a_restatement_as_the_first_message_is_an_ordinary_first_message(sent: list[Any]) -> None:
-    turn = turns.submit_message(_session(), "a yellow star", restate=True)
+    turn = submit.submit_message(_session(), "a yellow star", restate=True)
     assert turn.context == ["a yellow star"] and turn.index == 0
 
 
@@ -70,7 +70,7 @@ def test_restate_must_be_true_or_false_and_nothing_is_stored_otherwise(
 ) -> None:
     session = _session()
     with pytest.raises(SearchError) as error:
-        turns.submit_message(session, "a cat", restate=bad)
+        submit.submit_message(session, "a cat", restate=bad)
     assert error.value.code == "invalid"
     assert not Turn.objects.filter(session=session).exists() and not sent
 
@@ -143,10 +143,10 @@ def test_first_results_follow_the_rewrite_not_the_earlier_messages(
     assert len(embed_items([i.pk for i in items.values()]).embedded) == len(titles)
     session = SearchSessionFactory.create(catalog=catalog)
 
-    first = turns.submit_message(session, "a green frog")
+    first = submit.submit_message(session, "a green frog")
     text_stage.run_text_stage(first.pk)
     Turn.objects.filter(pk=first.pk).update(status=Turn.Status.DONE)
-    restated = turns.submit_message(session, "a blue cat", restate=True)
+    restated = submit.submit_message(session, "a blue cat", restate=True)
     text_stage.run_text_stage(restated.pk)
 
     def top(turn: Turn) -> int:
@@ -189,5 +189,5 @@ def test_the_page_lets_the_shopper_correct_what_it_understood(sent: list[Any]) -
 def test_the_message_limit_applies_to_a_rewrite(sent: list[Any]) -> None:
     session = _session()
     with pytest.raises(SearchError) as error:
-        turns.submit_message(session, "x" * (settings.DAR_MAX_MESSAGE_CHARS + 1), restate=True)
+        submit.submit_message(session, "x" * (settings.DAR_MAX_MESSAGE_CHARS + 1), restate=True)
     assert error.value.code == "message_too_long"

@@ -13,7 +13,7 @@ from django.conf import settings
 from dar_site.celery import app
 from dar_site.processes import interactive_worker_command, worker_command
 from retrieval.models import SearchSession, Turn, TurnResult
-from retrieval.services import claims, feedback, pipeline, text_stage, turns
+from retrieval.turn import pipeline, store, submit, tasks, text_stage
 from tests.factories import (
     EventRecorder,
     SearchSessionFactory,
@@ -49,8 +49,8 @@ def test_text_stage_ranks_with_the_sessions_feedback(turn_models: None) -> None:
     first = new_turn(session, MESSAGE)
     ranked = _expected_text_ranking(first)
     liked, disliked = ranked[-1], ranked[0]
-    feedback.record_feedback(session, liked, 1)
-    feedback.record_feedback(session, disliked, -1)
+    submit.record_feedback(session, liked, 1)
+    submit.record_feedback(session, disliked, -1)
     turn = new_turn(session, "with a white handle")  # the first turn's outcome does not matter
     Turn.objects.filter(pk=first.pk).update(status=Turn.Status.DONE)
 
@@ -162,7 +162,7 @@ def test_text_results_never_follow_final_ones(redis_client: Any) -> None:
     result = TurnResultFactory.create(turn=turn, final=True, rank=1)
     late = text_stage.TextRanking("some-encoder", [], {}, ms=1)
     with EventRecorder(turn.session_id) as events:
-        assert text_stage.store_provisional(turn, late) is False
+        assert text_stage.publish(turn, late) is False
         from retrieval.services import events as notify
 
         notify.emit(turn.session_id, {"type": "marker", "turn": None})
@@ -176,11 +176,11 @@ def test_text_results_never_follow_final_ones(redis_client: Any) -> None:
 def test_text_stage_of_a_finished_or_superseded_turn_stores_nothing(redis_client: Any) -> None:
     found = text_stage.TextRanking("some-encoder", [], {}, ms=1)
     failed = TurnFactory.create(index=0, status=Turn.Status.FAILED, attempts=1)
-    assert text_stage.store_provisional(failed, found) is False
+    assert text_stage.publish(failed, found) is False
     # A gpu attempt that lost the turn to a newer one must stop, not write.
     running = TurnFactory.create(index=0, status=Turn.Status.RUNNING, attempts=2)
-    with pytest.raises(text_stage.Superseded):
-        text_stage.store_provisional(running, found, attempt=1)
+    with pytest.raises(store.Superseded):
+        text_stage.publish(running, found, attempt=1)
     assert not TurnResult.objects.filter(turn__in=[failed, running]).exists()
 
 
@@ -188,7 +188,7 @@ def test_text_stage_waits_for_the_previous_turn() -> None:
     session = SearchSessionFactory.create()
     TurnFactory.create(session=session, index=0, status=Turn.Status.RUNNING, attempts=1)
     waiting = TurnFactory.create(session=session, index=1)
-    with pytest.raises(claims.TurnNotReady) as wait:
+    with pytest.raises(store.TurnNotReady) as wait:
         text_stage.run_text_stage(waiting.pk)
     assert wait.value.delay == text_stage.TEXT_STAGE_POLL
     assert not waiting.results.exists()
@@ -202,7 +202,7 @@ def test_first_results_do_not_wait_for_a_gpu_worker(
     with EventRecorder(session.pk) as events:
         # Only the interactive worker runs: every gpu worker is busy elsewhere (or down).
         with start_worker("interactive", [settings.CELERY_INTERACTIVE_QUEUE]):
-            turn = turns.submit_message(session, MESSAGE)
+            turn = submit.submit_message(session, MESSAGE)
             events.wait_for(lambda evs: any(e["type"] == "results" for e in evs))
         turn.refresh_from_db()
         assert turn.status == Turn.Status.QUEUED and turn.attempts == 0
@@ -227,8 +227,8 @@ def test_first_results_do_not_wait_for_a_gpu_worker(
 
 def test_tasks_are_routed_to_their_workers() -> None:
     route = app.amqp.router.route
-    assert route({}, turns.TEXT_STAGE_TASK)["queue"].name == settings.CELERY_INTERACTIVE_QUEUE
-    assert route({}, turns.RUN_TURN_TASK)["queue"].name == settings.CELERY_GPU_QUEUE
+    assert route({}, tasks.TEXT_STAGE_TASK)["queue"].name == settings.CELERY_INTERACTIVE_QUEUE
+    assert route({}, tasks.RUN_TURN_TASK)["queue"].name == settings.CELERY_GPU_QUEUE
     # `make demo` (and the load benchmark) run one worker per kind, on those queues only.
     gpu = worker_command(threads=4)
     interactive = interactive_worker_command(threads=4)

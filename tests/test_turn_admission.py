@@ -23,8 +23,8 @@ from rest_framework.test import APIClient
 
 from dar_site.asgi import application
 from retrieval.models import SearchSession, Turn
-from retrieval.services import admission, turns
-from retrieval.services.turns import SWEEP_GRACE
+from retrieval.turn import admission, submit
+from retrieval.turn.sweep import SWEEP_GRACE
 from tests.browser import (
     AXE_BROWSER_MARKS,
     axe_violations,
@@ -109,16 +109,16 @@ async def test_consumers_database_calls_run_side_by_side(monkeypatch: Any) -> No
     thread-sensitive executor) the second could never start, and the barrier would break."""
     barrier = threading.Barrier(2, timeout=TIMEOUT)
     threads: list[str] = []
-    submit = turns.submit_message
+    real_submit = submit.submit_message
 
     def slow_submit(session: SearchSession, text: Any, **kwargs: Any) -> Turn:
         # A real query on this thread's connection, then wait for the other consumer's call.
         assert SearchSession.objects.filter(pk=session.pk).exists()
         threads.append(threading.current_thread().name)
         barrier.wait()
-        return submit(session, text, **kwargs)
+        return real_submit(session, text, **kwargs)
 
-    monkeypatch.setattr(turns, "submit_message", slow_submit)
+    monkeypatch.setattr(submit, "submit_message", slow_submit)
     sockets = []
     for text in ("a red mug", "a blue lamp"):
         session, key = await anonymous_session()

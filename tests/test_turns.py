@@ -20,17 +20,18 @@ from PIL import Image
 from catalog.models import CatalogItem, ItemEmbedding
 from catalog.services import vectors
 from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
-from retrieval.services import (
+from retrieval.turn import (
     asking,
-    claims,
-    feedback,
-    finals,
     pipeline,
     previews,
     ranking,
+    store,
+    submit,
+    sweep,
+    tasks,
     text_stage,
-    turns,
 )
+from retrieval.turn.tasks import sweep_stuck_turns
 from tests.factories import (
     CatalogItemFactory,
     EventRecorder,
@@ -43,7 +44,6 @@ from tests.factories import (
 )
 from tests.faultkit import wait_for
 from workers.models.protocols import Dialogue
-from workers.tasks.search import sweep_stuck_turns
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -148,8 +148,8 @@ def test_turns_store_every_stage_and_rank_by_dar_fusion(turn_models: None, setti
     # product-text term joins in too.
     final = list(turn.results.filter(final=True).order_by("rank"))
     disliked, liked = final[0].item_id, final[-1].item_id
-    feedback.record_feedback(session, disliked, -1)
-    feedback.record_feedback(session, liked, 1)
+    submit.record_feedback(session, disliked, -1)
+    submit.record_feedback(session, liked, 1)
     settings.DAR_ASK_QUESTIONS = False
     settings.DAR_WEIGHT_PRODUCT_TEXT = 0.4
     second = new_turn(session, "with a white handle")
@@ -210,7 +210,7 @@ def test_redelivered_running_turn_restarts_cleanly(
     assert stale_file.is_file()
 
     with EventRecorder(session.pk) as events:
-        current_app.send_task(turns.RUN_TURN_TASK, args=[turn.pk])  # the redelivered message
+        current_app.send_task(tasks.RUN_TURN_TASK, args=[turn.pk])  # the redelivered message
         events.wait_for(lambda evs: any(e["type"] in ("turn.done", "error") for e in evs))
     turn.refresh_from_db()
     assert turn.status == Turn.Status.DONE and turn.attempts == 2, turn.error
@@ -244,7 +244,7 @@ def test_turns_wait_for_their_predecessor() -> None:
         session=session, index=0, status=Turn.Status.RUNNING, started_at=timezone.now()
     )
     waiting = TurnFactory.create(session=session, index=1)
-    with pytest.raises(claims.TurnNotReady):
+    with pytest.raises(store.TurnNotReady):
         pipeline.run_turn(waiting.pk)
     waiting.refresh_from_db()
     assert waiting.status == Turn.Status.QUEUED and waiting.attempts == 0
@@ -322,14 +322,14 @@ def test_the_question_is_asked_while_the_final_results_are_stored(
         return "  Do you want a pompom?  "
 
     monkeypatch.setattr(get_refiner(), "ask", ask)
-    save_final = pipeline._TurnRun._save_final
+    save_final = pipeline._TurnRun._write_final
 
     def once_asking(run: Any, *args: Any, **kwargs: Any) -> bool:
         # Stored in sequence (results, then the question), this would wait in vain.
         assert asked.wait(60), "the question was not asked before the results were stored"
         return bool(save_final(run, *args, **kwargs))
 
-    monkeypatch.setattr(pipeline._TurnRun, "_save_final", once_asking)
+    monkeypatch.setattr(pipeline._TurnRun, "_write_final", once_asking)
     with EventRecorder(session.pk) as events:
         text_stage.run_text_stage(turn.pk)
         pipeline.run_turn(turn.pk)
@@ -369,17 +369,17 @@ def test_the_final_write_is_one_fenced_statement_after_the_provisional_results()
     ]
     found = {"refined_query": "a red hat", "prompts": ["a red hat"], "weights": {"text": 0.8}}
 
-    def store(attempt: int = 2) -> dict[str, int] | None:
-        return finals.store_final(turn, attempt, found, {"rank": 4}, previews, results)
+    def final_write(attempt: int = 2) -> dict[str, int] | None:
+        return store.store_final(turn, attempt, found, {"rank": 4}, previews, results)
 
     # No provisional results yet: nothing is written.
-    assert store() is None
+    assert final_write() is None
     assert not turn.previews.exists() and not turn.results.exists()
     TurnResultFactory.create(turn=turn, item=items[0], final=False, rank=1, score=0.5)
-    with pytest.raises(claims.Superseded):
-        store(attempt=1)  # an older attempt
+    with pytest.raises(store.Superseded):
+        final_write(attempt=1)  # an older attempt
     with CaptureQueriesContext(connection) as queries:
-        assert store() == {"text": 9, "rank": 4}
+        assert final_write() == {"text": 9, "rank": 4}
     assert len(queries) == 1
     turn.refresh_from_db()
     assert (turn.refined_query, turn.prompts, turn.weights) == (
@@ -416,7 +416,7 @@ def test_a_catalog_with_nothing_embedded_ends_the_turn_with_no_results(turn_mode
 def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
     turn_models: None, monkeypatch: Any, settings: Any
 ) -> None:
-    # Their writes are derived from the stored message (retrieval/services/durability.py); the
+    # Their writes are derived from the stored message (retrieval/services/store.py); the
     # setting ends with the task, since workers keep their connection for the next one.
     def synchronous_commit() -> str:
         with connection.cursor() as cursor:
@@ -424,7 +424,7 @@ def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
             return str(cursor.fetchone()[0])
 
     seen: list[str] = []
-    lock_results, store_final = text_stage._lock_results, finals.store_final
+    lock_results, store_final = store._lock_results, store.store_final
 
     def in_text_stage(turn_id: int) -> None:
         seen.append(synchronous_commit())
@@ -434,8 +434,8 @@ def test_a_turns_tasks_commit_without_waiting_for_the_wal_flush(
         seen.append(synchronous_commit())
         return store_final(*args, **kwargs)
 
-    monkeypatch.setattr(text_stage, "_lock_results", in_text_stage)
-    monkeypatch.setattr(finals, "store_final", in_final_write)
+    monkeypatch.setattr(store, "_lock_results", in_text_stage)
+    monkeypatch.setattr(store, "store_final", in_final_write)
     session = SearchSessionFactory.create(catalog=embedded_catalog(3))
     for async_commit in (True, False):
         settings.DAR_TURN_ASYNC_COMMIT = async_commit
@@ -453,10 +453,10 @@ def test_a_superseded_attempt_writes_nothing(turn_models: None) -> None:
     catalog = embedded_catalog(3)
     session = SearchSessionFactory.create(catalog=catalog)
     turn = new_turn(session, "a leather belt")
-    claimed = claims.claim(turn.pk)
+    claimed = store.claim(turn.pk)
     assert claimed is not None
     # Meanwhile the sweeper gave up on it: the attempt must not resurrect it.
-    turns.fail_turn(claimed.turn, "timeout", "too slow")
+    store.fail_turn(claimed.turn, "timeout", "too slow")
     pipeline._TurnRun(claimed).run()
     turn.refresh_from_db()
     assert (turn.status, turn.error_code) == (Turn.Status.FAILED, "timeout")
@@ -466,7 +466,7 @@ def test_a_superseded_attempt_writes_nothing(turn_models: None) -> None:
 
 def test_sweeper_fails_turns_stuck_past_the_limit(settings: Any) -> None:
     settings.DAR_TURN_TIME_LIMIT = 60
-    long_ago = timezone.now() - timedelta(seconds=60 + turns.SWEEP_GRACE + 5)
+    long_ago = timezone.now() - timedelta(seconds=60 + sweep.SWEEP_GRACE + 5)
     stuck = SearchSessionFactory.create()
     running = TurnFactory.create(
         session=stuck, index=0, status=Turn.Status.RUNNING, started_at=long_ago
@@ -505,7 +505,7 @@ def test_sweeper_fails_turns_stuck_past_the_limit(settings: Any) -> None:
 def test_feedback_is_validated_and_latest_opinion_wins() -> None:
     session = SearchSessionFactory.create()
     item = CatalogItemFactory.create(catalog=session.catalog)
-    feedback.record_feedback(session, item.pk, 1)
-    feedback.record_feedback(session, str(item.pk), -1)
+    submit.record_feedback(session, item.pk, 1)
+    submit.record_feedback(session, str(item.pk), -1)
     assert list(Feedback.objects.filter(session=session).values_list("value", flat=True)) == [-1]
-    assert feedback.feedback_items(session.pk) == ([], [item.pk])
+    assert store.feedback_of(session.pk) == ([], [item.pk])

@@ -1,7 +1,7 @@
 """The shopping-dialogue benchmark (``manage.py evaluate_dialogues``): whole turns, live catalog.
 
 Each dialogue is a list of shopper messages and a target item (its title, file name or id). Every
-message goes through the turn services the websocket uses (``turns.submit_message``, the text
+message goes through the turn services the websocket uses (``submit.submit_message``, the text
 stage, the gpu task: refine, generate, fuse with product text and feedback, ask), in a fresh
 search session per dialogue; the two tasks run in this process, one after the other, instead of
 on the workers. After each message the target's rank is read from the stored results, text-first
@@ -30,7 +30,8 @@ from django.db.models import Q
 
 from catalog.models import Catalog, CatalogItem
 from retrieval.models import SearchSession, Turn, TurnResult
-from retrieval.services import pipeline, sessions, text_stage, turns
+from retrieval.services import sessions
+from retrieval.turn import pipeline, submit, text_stage
 
 VARIANTS = ("none", "configured", "offline", "standard", "openai")
 
@@ -134,7 +135,7 @@ def run_dialogue(catalog: Catalog, case: Case, target_id: int) -> DialogueOutcom
     session = sessions.create_session(catalog, None, f"evaluate-{uuid.uuid4().hex}")
     outcome = DialogueOutcome(case.target, target_id)
     for text in case.messages:
-        turn = turns.submit_message(session, text, enqueue=_run_in_process)
+        turn = submit.submit_message(session, text, enqueue=_run_in_process)
         turn.refresh_from_db()
         outcome.turns.append(
             TurnOutcome(

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.evaluation.cache import DiskCache, digest, slug
-from retrieval.services import ranking
+from retrieval.turn import ranking
+from workers.models import grounding
 from workers.models.protocols import Dialogue, Refinement
 
 if TYPE_CHECKING:
@@ -53,18 +54,6 @@ def generation_seed(base: int, dialogue_index: int, round_index: int) -> int:
     """A fixed seed per dialogue and round, like the live search's per-turn seed."""
     raw = hashlib.sha256(f"{base}:{dialogue_index}:{round_index}".encode()).digest()
     return int.from_bytes(raw[:4], "big") & 0x7FFFFFFF
-
-
-def usable_refinement(refinement: Refinement, dialogue: Dialogue, n: int) -> Refinement:
-    """The live turn's clean-up of an LLM answer: the dialogue text when the description is
-    empty, and the prompts cycled to ``n`` when the LLM gave fewer."""
-    description = refinement.description.strip() or dialogue.as_text()
-    prompts = [p for p in refinement.prompts if p.strip()] or [description]
-    return Refinement(
-        description=description,
-        prompts=[prompts[i % len(prompts)] for i in range(n)],
-        fallback=refinement.fallback,
-    )
 
 
 class QueryBuilder:
@@ -208,7 +197,7 @@ class QueryBuilder:
                 folder,
                 f"{key}.json",
             )
-        return usable_refinement(refinement, dialogue, n)
+        return grounding.usable(refinement, dialogue, n)
 
     def _generated(self, prompts: list[str], seed: int) -> list[Image.Image]:
         if not prompts or self.generator_id is None:

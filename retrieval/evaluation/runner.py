@@ -31,7 +31,7 @@ from retrieval.evaluation import protocol
 from retrieval.evaluation.cache import DiskCache, write_atomic
 from retrieval.evaluation.plot import hits_plot
 from retrieval.evaluation.queries import MODES, Counters, QueryBuilder
-from retrieval.services import ranking
+from retrieval.turn import ranking
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ class SearchError(Exception):
         "not_found": 404,
         "too_many_turns": 409,
         "rate_limited": 429,
-        # Overload (retrieval/services/admission.py): come back later, with Retry-After.
+        # Overload (retrieval/turn/admission.py): come back later, with Retry-After.
         "busy": 503,
     }
 

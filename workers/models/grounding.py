@@ -195,6 +195,20 @@ def apply(refinement: Refinement, dialogue: Dialogue, k: int, *, source: str = "
     )
 
 
+def usable(refinement: Refinement, dialogue: Dialogue, k: int) -> Refinement:
+    """The last clean-up of any refinement, the live turn's and the evaluation's alike: the
+    dialogue text when the description is empty, and exactly ``k`` prompts (the LLM may give
+    fewer: the ones it gave are cycled)."""
+    description = refinement.description.strip() or dialogue.as_text()
+    prompts = [p for p in refinement.prompts if p.strip()] or [description]
+    return Refinement(
+        description=description,
+        prompts=[prompts[i % len(prompts)] for i in range(k)],
+        fallback=refinement.fallback,
+        note=refinement.note,
+    )
+
+
 def _invented_prompt(prompt: str, dialogue: Dialogue) -> bool:
     """An image prompt may add views and backgrounds, not a different product: it must share a
     content word with the understanding and bring back nothing the shopper removed."""

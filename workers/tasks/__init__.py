@@ -5,4 +5,4 @@ keep the models loaded; ``interactive.*`` (a turn's text stage) to the interacti
 a worker that keeps only the encoder, so that first results never wait behind LLM work.
 """
 
-from . import catalog, feeds, search  # noqa: F401  (registers the tasks with Celery)
+from . import catalog, feeds  # noqa: F401  (registers the tasks with Celery)

@@ -1,7 +1,9 @@
-"""JSON shapes shared by the websocket events, the restore state and the REST API.
+"""Every event a turn sends, and the JSON shapes shared by those events, the restore state and
+the REST API.
 
-One module builds them all so a page that restores from the database sees exactly what it would
-have seen from the live events.
+One module builds them all, so a page that restores from the database sees exactly what it would
+have seen from the live events, and a newcomer finds every event's shape in one file. They are
+sent by ``retrieval.services.events.emit``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,60 @@ def item_payload(item: CatalogItem, *, score: float, rank: int) -> dict[str, Any
         "score": round(float(score), 6),
         "rank": rank,
     }
+
+
+def accepted_events(turn: Turn, place: admission.Place | None) -> list[dict[str, Any]]:
+    """What the page hears when a message is stored, before any of the turn's stages: the turn,
+    its place in line when it waits behind other shoppers' turns, and which filter was let go
+    when nothing matched them all."""
+    shown = filters.payload(turn.filters)
+    batch = [
+        {
+            "type": "turn.accepted",
+            "turn": turn.index,
+            "message": turn.message,
+            "restates": turn.restates,
+            "status": "queued",
+            "filters": shown,
+        }
+    ]
+    if place is not None:
+        batch.append(queued_event(turn.index, place))
+    if shown["notice"]:
+        batch.append(
+            {
+                "type": "notice",
+                "turn": turn.index,
+                "code": "filters_relaxed",
+                "message": shown["notice"],
+            }
+        )
+    return batch
+
+
+def queued_event(turn_index: int, place: admission.Place) -> dict[str, Any]:
+    return {"type": "turn.queued", "turn": turn_index, **place.as_dict()}
+
+
+def started_event(turn: Turn, attempt: int) -> dict[str, Any]:
+    return {"type": "turn.started", "turn": turn.index, "attempt": attempt}
+
+
+def done_events(turn: Turn, timings: dict[str, int], question: str | None) -> list[dict[str, Any]]:
+    """The turn's last events: its question, if any, and ``turn.done``, in one message so that
+    the turn's end reaches the page without a second round trip."""
+    done = {"type": "turn.done", "turn": turn.index, "timings": dict(timings)}
+    if question:
+        return [{"type": "question", "turn": turn.index, "question": question}, done]
+    return [done]
+
+
+def error_event(turn_index: int | None, code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "turn": turn_index, "code": code, "message": message}
+
+
+def feedback_event(item_id: int, value: int) -> dict[str, Any]:
+    return {"type": "feedback", "turn": None, "item": item_id, "value": value}
 
 
 def results_event(turn: Turn, results: Iterable[TurnResult], *, final: bool) -> dict[str, Any]:

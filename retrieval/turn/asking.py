@@ -19,9 +19,8 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from retrieval.services import threadpools
 from workers.models.protocols import Dialogue
-
-from . import threadpools
 
 log = logging.getLogger(__name__)
 

@@ -2,33 +2,28 @@
 
 1. text (``text_stage.run_text_stage``, the interactive worker): embed the dialogue text, rank,
    and publish provisional results at once;
-2. refine (``run_turn``, the gpu worker, from here on; ``claims`` starts it): the LLM rewrites the
-   whole dialogue into one description and k visual prompts, announced at once;
+2. refine (``run_turn``, the gpu worker, from here on; ``store.claim`` starts it): the LLM
+   rewrites the whole dialogue into one description and k visual prompts, announced at once;
 3. generate: k previews painted from the prompts with a seed fixed per session and turn (their
    files are written beside the next stage, ``previews``);
 4. rank: fuse text and preview similarities (paper weights, optional product text and feedback)
-   into one pgvector query; store the refinement, the previews and the final results in one
-   statement (``finals``) and publish them together;
+   into one pgvector query (``ranking``); store the refinement, the previews and the final
+   results in one statement (``store.store_final``) and publish them together;
 5. ask: optionally, the LLM proposes one clarifying question; it starts as soon as the ranking is
    known, beside the storing of the results (``asking``).
 
 The text stage runs on a queue of its own so that first results never wait behind other
 sessions' LLM work; the gpu task starts on the same turn at the same time and does not wait for
-it. Whoever stores results first wins: provisional results are written only while the turn has
-no results at all, and announced before they are committed, so they always reach the page before
-the final ones. The gpu task stores its final results only once
-provisional results exist, and ranks by text itself when the text stage failed or is late: a turn
-is complete whatever happens to its text stage. A rerun after a lost gpu attempt redoes the text
+it. Whoever stores results first wins (``store`` says how the page still sees text-only results
+first); the gpu task ranks by text itself when the text stage failed or is late: a turn is
+complete whatever happens to its text stage. A rerun after a lost gpu attempt redoes the text
 stage itself, first, since the dead attempt's output is removed.
 
 Between its claim and its final results the gpu task writes nothing: the models never wait for the
-database. A failed attempt stores its refinement with the failure. Gpu attempts are fenced: every
-write checks (in its own statement, or under a row lock) that the turn is still RUNNING under this
-attempt's number, so a redelivered task or the sweeper can take a turn over and the stale
-attempt's writes are dropped. Each write is one statement or one transaction.
+database. A failed attempt stores its refinement with the failure. Every write is fenced by the
+attempt number (``store``). Events are built in ``payloads``.
 
-How both stages rank is in ``turn_ranking``. Models are imported inside the functions: this
-module is imported by the web process too.
+Models are imported inside the functions: this module is imported by the web process too.
 """
 
 from __future__ import annotations
@@ -50,22 +45,11 @@ from catalog.models import CatalogItem
 from catalog.services.vectors import Hit
 from dar_site.connections import replace_if_broken
 from retrieval.models import Preview, Turn
+from retrieval.services import events
 from workers.models.protocols import Dialogue, Refinement
 
-from . import asking, durability, events, finals, payloads, previews, ranking, text_stage
-from .claims import Claim, Superseded, claim, owned
-from .turn_ranking import (
-    dialogue_for,
-    filters_of,
-    items_of,
-    mix,
-    product_text,
-    query_text,
-    rank_catalog,
-    result_rows,
-    with_feedback,
-)
-from .turns import fail_turn
+from . import asking, payloads, previews, ranking, store, text_stage
+from .store import Claim, Superseded
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -96,8 +80,8 @@ def run_turn(turn_id: int) -> None:
     Raises ``TurnNotReady`` while the session's previous turn is unfinished (the task retries).
     Every failure ends the turn as FAILED with an ``error`` event; nothing is re-raised.
     """
-    with durability.derived_writes():
-        claimed = claim(turn_id)
+    with store.derived_writes():
+        claimed = store.claim(turn_id)
         if claimed is not None:
             _TurnRun(claimed).run()
 
@@ -121,7 +105,7 @@ class _TurnRun:
 
     def run(self) -> None:
         turn = self.turn
-        self._emit({"type": "turn.started", "turn": turn.index, "attempt": self.attempt})
+        self._emit(payloads.started_event(turn, self.attempt))
         try:
             self._pipeline()
         except Superseded:
@@ -137,7 +121,7 @@ class _TurnRun:
     def _pipeline(self) -> None:
         from workers.models.registry import get_refiner
 
-        dialogue = dialogue_for(self.turn)
+        dialogue = ranking.dialogue_for(self.turn)
         k = settings.DAR_PREVIEWS_PER_TURN
         if self.attempt > 1:
             # A rerun: the text stage's results went with the lost attempt; the page gets them
@@ -171,7 +155,7 @@ class _TurnRun:
         found = self._stage(
             "text", lambda: text_stage.text_ranking(self.turn, self._catalog_id, liked, disliked)
         )
-        if not text_stage.store_provisional(self.turn, found, attempt=self.attempt):
+        if not text_stage.publish(self.turn, found, attempt=self.attempt):
             # The interactive worker's results came first: its time is the stage's.
             self.timings.pop("text", None)
         return bool(found.hits)
@@ -212,16 +196,7 @@ class _TurnRun:
                 refinement.description,
                 refinement.note,
             )
-        description = refinement.description.strip() or dialogue.as_text()
-        prompts = [p for p in refinement.prompts if p.strip()] or [description]
-        # The LLM may return fewer prompts than asked: cycle through the ones it gave.
-        prompts = [prompts[i % len(prompts)] for i in range(k)]
-        return Refinement(
-            description=description,
-            prompts=prompts,
-            fallback=refinement.fallback,
-            note=refinement.note,
-        )
+        return grounding.usable(refinement, dialogue, k)
 
     def _keep_refinement(self, refinement: Refinement, k: int) -> None:
         """Announce the refinement at once; it is stored with the final results (or with the
@@ -247,29 +222,29 @@ class _TurnRun:
         liked, disliked = self.claim.liked, self.claim.disliked
         encoder = get_encoder()
         weights = ranking.paper_weights(self.turn.index)
-        dialogue = dialogue_for(self.turn)
+        dialogue = ranking.dialogue_for(self.turn)
         description = self.turn.refined_query or dialogue.as_text()
         # The dialogue's own text (the text-first query) beside the refinement, when weighted.
-        said, said_weight = query_text(dialogue), settings.DAR_FINAL_DIALOGUE_WEIGHT
+        said, said_weight = ranking.query_text(dialogue), settings.DAR_FINAL_DIALOGUE_WEIGHT
         text_vec = encoder.encode_texts([description])[0]
         if said_weight > 0 and said != description:
-            text_vec = mix(text_vec, encoder.encode_texts([said])[0], said_weight)
+            text_vec = ranking.mix(text_vec, encoder.encode_texts([said])[0], said_weight)
         gen_vecs = encoder.encode_images(images) if images else None
         query = ranking.fuse(text_vec, gen_vecs, weights)
-        query = with_feedback(encoder.name, query, liked, disliked)
+        query = ranking.with_feedback(encoder.name, query, liked, disliked)
         self.turn.weights = weights.as_dict()
         self.turn.encoder_name = encoder.name
-        hits = rank_catalog(
-            self._catalog_id,
-            encoder.name,
-            query,
+        hits = ranking.rank(
+            catalog_id=self._catalog_id,
+            model_name=encoder.name,
+            query=query,
             exclude=disliked if settings.DAR_FEEDBACK_EXCLUDE_DISLIKED else [],
-            product_text=product_text(
+            product_text=ranking.product_text(
                 description, weights.product_text, also=said, also_weight=said_weight
             ),
-            item_filters=filters_of(self.turn),
+            filters=ranking.filters_of(self.turn),
         )
-        return hits, items_of(hits)
+        return hits, ranking.items_of(hits)
 
     def _start_asking(
         self, refiner: Any, dialogue: Dialogue, hits: list[Hit], items: dict[int, CatalogItem]
@@ -277,10 +252,7 @@ class _TurnRun:
         if not settings.DAR_ASK_QUESTIONS or self._past_deadline():
             return None
         titles = [str(items[h.item_id]) for h in hits[:QUESTION_CANDIDATES] if h.item_id in items]
-        earlier = Turn.objects.filter(
-            session_id=self.turn.session_id, index__lt=self.turn.index
-        ).exclude(question="")
-        asked = list(earlier.order_by("index").values_list("question", flat=True))
+        asked = store.questions_before(self.turn)
         dialogue = Dialogue(dialogue.caption, list(dialogue.rounds), questions=asked)
         return asking.start(refiner, dialogue, titles, self.turn.pk)
 
@@ -290,12 +262,7 @@ class _TurnRun:
         if asked is None:
             return None
         self.timings["ask"] = asked.ms
-        if (
-            asked.question
-            and Turn.objects.filter(
-                session_id=self.turn.session_id, index__gt=self.turn.index
-            ).exists()
-        ):
+        if asked.question and store.has_newer_turn(self.turn):
             # The shopper has sent the next message meanwhile: the question would answer nothing.
             log.info("turn %s: question dropped, a newer message arrived", self.turn.pk)
             return None
@@ -303,26 +270,21 @@ class _TurnRun:
 
     # --- writes, each fenced by the attempt number ---------------------------------------------
 
-    def _update(self, **values: Any) -> None:
-        """One fenced statement."""
-        if not owned(self.turn.pk, self.attempt).update(**values):
-            raise Superseded(self.turn.pk)
-        for name, value in values.items():
-            setattr(self.turn, name, value)
-
     def _store_final(
         self, hits: list[Hit], items: dict[int, CatalogItem], stored: list[Preview], *, done: bool
     ) -> None:
-        if self._save_final(hits, items, stored, done=done):
+        """Store and announce the final results, after provisional ones: when the text stage has
+        stored none yet, this attempt ranks by text and publishes them itself first."""
+        if self._write_final(hits, items, stored, done=done):
             return
         # The text stage failed or is late: rank by text here (provisional results go out
         # first), then store the final ones. A catalog with nothing to rank has no provisional
         # rows to wait for: its (empty) results are final at once.
         found_any = self._text_stage()
-        if not self._save_final(hits, items, stored, done=done, after_provisional=found_any):
+        if not self._write_final(hits, items, stored, done=done, after_provisional=found_any):
             raise RuntimeError(f"turn {self.turn.pk}: provisional results vanished")
 
-    def _save_final(
+    def _write_final(
         self,
         hits: list[Hit],
         items: dict[int, CatalogItem],
@@ -333,12 +295,13 @@ class _TurnRun:
     ) -> bool:
         """Store the refinement, the previews' rows and the final results in one statement and
         announce them together; with ``done``, the turn ends with them (no question to wait
-        for). Returns False (storing nothing) while the turn has no provisional results."""
-        results = result_rows(self.turn, hits, items, final=True)
+        for). One try: returns False (storing nothing) while the turn has no provisional
+        results."""
+        results = ranking.result_rows(self.turn, hits, items, final=True)
         values = self._found()
         if done:
             values |= self._ended(None)
-        timings = finals.store_final(
+        timings = store.store_final(
             self.turn,
             self.attempt,
             values,
@@ -357,7 +320,7 @@ class _TurnRun:
         self._emit(
             payloads.previews_event(self.turn, stored),
             payloads.results_event(self.turn, results, final=True),
-            *(self._done_events(None) if done else ()),
+            *(payloads.done_events(self.turn, self.timings, None) if done else ()),
         )
         return True
 
@@ -391,16 +354,11 @@ class _TurnRun:
             "finished_at": timezone.now(),
         }
 
-    def _done_events(self, question: str | None) -> list[dict[str, Any]]:
-        done = {"type": "turn.done", "turn": self.turn.index, "timings": dict(self.timings)}
-        if question:
-            # One message: the turn's last event reaches the page without a second round trip.
-            return [{"type": "question", "turn": self.turn.index, "question": question}, done]
-        return [done]
-
     def _finish(self, question: str | None) -> None:
-        self._update(**self._ended(question), timings=dict(self.timings))
-        self._emit(*self._done_events(question))
+        store.update_owned(
+            self.turn, self.attempt, **self._ended(question), timings=dict(self.timings)
+        )
+        self._emit(*payloads.done_events(self.turn, self.timings, question))
 
     def _fail(self, code: str, message: str) -> None:
         # The failure may be the database's (a restart, a killed backend): its record then goes
@@ -408,7 +366,7 @@ class _TurnRun:
         replace_if_broken(connection)
         self.timings["total"] = self._elapsed_ms()
         self.turn.timings = {**self.turn.timings, **self.timings}
-        fail_turn(
+        store.fail_turn(
             self.turn,
             code,
             message,

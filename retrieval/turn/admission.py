@@ -26,8 +26,7 @@ from django.conf import settings
 from django.db.models import Count, Q
 
 from retrieval.models import Turn
-
-from .errors import SearchError
+from retrieval.services.errors import SearchError
 
 # Recent finished turns the expected wait is estimated from.
 RECENT_TURNS = 20
@@ -49,9 +48,6 @@ class Place:
 
     def as_dict(self) -> dict[str, Any]:
         return {"position": self.position, "expected_wait_s": self.expected_wait_s}
-
-    def event(self, turn_index: int) -> dict[str, Any]:
-        return {"type": "turn.queued", "turn": turn_index, **self.as_dict()}
 
 
 def admit(session_id: object) -> Place | None:

@@ -1,8 +1,8 @@
 """A turn's filters: what the shopper said (``workers.models.said_filters``) and clicked, checked
 against the catalog's own facets, relaxed when nothing matches them all.
 
-Decided once per turn, when the message is stored (``turns``), and kept on the turn
-(``Turn.filters``): both of its stages rank with the same filters (``turn_ranking``), the events
+Decided once per turn, when the message is stored (``submit``), and kept on the turn
+(``Turn.filters``): both of its stages rank with the same filters (``ranking``), the events
 and the REST payloads show them, and the evaluation, which runs the same turn services, ranks
 with them too.
 
@@ -31,10 +31,9 @@ from django.db.models import Count, Max
 from catalog.models import Catalog, CatalogItem
 from catalog.services.facets import Facet, catalog_facets
 from catalog.services.item_filters import ItemFilter, item_condition
+from retrieval.services.errors import SearchError
 from workers.models import said_filters
 from workers.models.said_filters import AVAILABILITY, PRICE, Vocabulary, fold
-
-from .errors import SearchError
 
 SAID, PICKED = "said", "picked"
 # Availability values a shopper may ask for (out-of-stock items are never shown).

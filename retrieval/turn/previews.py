@@ -3,7 +3,7 @@
 The final ranking needs only the generated images in memory, and encoding a 512 px PNG costs tens
 of milliseconds of CPU, so the files are written on a small thread pool (Pillow releases the
 interpreter lock while it compresses) beside the ranking; their rows go into the database with
-the final results, in one statement (``finals.store_final``).
+the final results, in one statement (``store.store_final``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from retrieval.models import Preview, Turn
-
-from . import threadpools
+from retrieval.services import threadpools
 
 if TYPE_CHECKING:
     from PIL import Image
