@@ -16,12 +16,12 @@ KINDS = ["mug", "shoe", "jacket", "lamp", "bag", "chair", "hat", "vase"]
 def bench_catalog(items: int, *, seed: int = 0, size: int = 160) -> Any:
     """A public catalog of ``items`` photos, imported and embedded through the product services
     (in this process: the figures of interest come later)."""
-    from catalog.models import Catalog, Shop
-    from catalog.services import embedding, ingest, sources
+    from catalog.services import catalogs, embedding, ingest, sources
 
     rng = np.random.default_rng(seed)
-    shop, _ = Shop.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
-    catalog = Catalog.objects.create(shop=shop, name="Bench catalog", slug=f"bench-{seed}-{items}")
+    catalog, _ = catalogs.ensure_catalog(
+        "bench", f"bench-{seed}-{items}", shop_name="Bench", name="Bench catalog"
+    )
     candidates = []
     for i in range(items):
         buffer = io.BytesIO()

@@ -106,12 +106,21 @@ def decode_floor(folder: Path, processes: int) -> float:
 
 
 def run(args: argparse.Namespace) -> None:
-    from catalog.models import Catalog, CatalogItem, Shop
-    from catalog.services import decoding, embedding, ingest, progress, validation, vectors
+    from catalog.models import CatalogItem
+    from catalog.services import (
+        catalogs,
+        decoding,
+        embedding,
+        ingest,
+        progress,
+        validation,
+        vectors,
+    )
     from workers.models.config import model_plan
 
-    shop = Shop.objects.create(name="Bench", slug="bench")
-    catalog = Catalog.objects.create(shop=shop, name="Bench ingest", slug="bench-ingest")
+    catalog, _ = catalogs.ensure_catalog(
+        "bench", "bench-ingest", shop_name="Bench", name="Bench ingest"
+    )
     with tempfile.TemporaryDirectory(prefix="dar-bench-ingest-") as tmp:
         folder = Path(tmp)
         start = time.perf_counter()

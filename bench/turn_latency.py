@@ -29,7 +29,8 @@ from typing import Any
 
 from bench.common import Summary, bench_database, print_table, setup_django
 from bench.fixtures import bench_catalog, dialogue
-from bench.instrument import EventTap, Meter, celery_worker, instrumented, interactive_worker
+from bench.instrument import Meter, celery_worker, instrumented, interactive_worker
+from dar_site.instrument import EventTap
 
 TARGET_OVERHEAD_MS = 20.0
 FINAL_WRITE = "final results' transaction"

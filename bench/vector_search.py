@@ -94,12 +94,12 @@ def make_data(cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _create_catalog(cfg: Config) -> tuple[int, bool]:
-    from catalog.models import Catalog, ItemEmbedding, Shop
+    from catalog.models import ItemEmbedding
+    from catalog.services import catalogs
 
     slug = "bench-" + hashlib.sha256(cfg.model_name.encode()).hexdigest()[:16]
-    shop, _ = Shop.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
-    catalog, created = Catalog.objects.get_or_create(
-        slug=slug, defaults={"shop": shop, "name": cfg.model_name}
+    catalog, created = catalogs.ensure_catalog(
+        "bench", slug, shop_name="Bench", name=cfg.model_name
     )
     complete = (
         not created
@@ -107,8 +107,8 @@ def _create_catalog(cfg: Config) -> tuple[int, bool]:
         == cfg.size
     )
     if not created and not complete:
-        catalog.delete()  # a half-loaded leftover of an interrupted --keep run
-        catalog = Catalog.objects.create(slug=slug, shop=shop, name=cfg.model_name)
+        catalogs.delete_catalog(catalog)  # a half-loaded leftover of an interrupted --keep run
+        catalog, _ = catalogs.ensure_catalog("bench", slug, shop_name="Bench", name=cfg.model_name)
     return catalog.id, complete
 
 

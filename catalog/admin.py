@@ -2,7 +2,8 @@
 
 Shop membership *is* the permission here (a shop admin needs ``is_staff`` to log in, not Django
 model permissions). Uploading goes through the custom "Upload images" view on a catalog, which
-calls the same ingest service as the API and the commands.
+calls the same ingest service as the API and the commands. Saves and deletes go through
+``services.catalogs`` like every other write to shops, catalogs and items.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from django.utils.html import format_html
 
 from .forms import CatalogAdminForm, CatalogItemAdminForm, OriginsField, UploadImagesForm
 from .models import PRODUCT_FIELDS, Catalog, CatalogItem, ItemEmbedding, Shop
-from .services import access, embed, embedding, feeds, progress, uploads
+from .services import access, catalogs, embed, embedding, feeds, progress, uploads
 from .services.encoder import active_encoder_name
 
 
@@ -76,6 +77,15 @@ class ShopAdmin(ShopScopedAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.is_active and request.user.is_superuser
+
+    def save_model(self, request: HttpRequest, obj: Shop, form: Any, change: bool) -> None:
+        catalogs.save_shop(obj)
+
+    def delete_model(self, request: HttpRequest, obj: Shop) -> None:
+        catalogs.delete_shops([obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Shop]) -> None:
+        catalogs.delete_shops(queryset)
 
 
 def _count_filter(status: str, extra: Q | None = None) -> Count:
@@ -142,6 +152,15 @@ class CatalogAdmin(ShopScopedAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return self._may(request, None)
+
+    def save_model(self, request: HttpRequest, obj: Catalog, form: Any, change: bool) -> None:
+        catalogs.save_catalog(obj)
+
+    def delete_model(self, request: HttpRequest, obj: Catalog) -> None:
+        catalogs.delete_catalogs([obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Catalog]) -> None:
+        catalogs.delete_catalogs(queryset)
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "embed_origins":
@@ -371,7 +390,8 @@ class CatalogItemAdmin(ShopScopedAdmin):
         "created_at",
     ]
     list_display_links = ["thumbnail", "__str__"]
-    # Titles in bulk: each changed row goes through save_model, which re-embeds its text.
+    # Titles in bulk: each changed row goes through save_model (catalogs.save_item), which
+    # re-embeds its text.
     list_editable = ["title"]
     list_filter = ["status", "availability", ("catalog", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["title", "source_name", "sha256", "product_id", "brand"]
@@ -445,9 +465,13 @@ class CatalogItemAdmin(ShopScopedAdmin):
         return format_html('<img src="{}" alt="" class="dar-item-preview">', obj.image.url)
 
     def save_model(self, request: HttpRequest, obj: CatalogItem, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        if change and {"title", "description"} & set(form.changed_data):
-            embedding.reembed_items([obj.pk])  # the product-text vector follows the new text
+        catalogs.save_item(obj, form.changed_data if change else ())
+
+    def delete_model(self, request: HttpRequest, obj: CatalogItem) -> None:
+        catalogs.delete_items([obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[CatalogItem]) -> None:
+        catalogs.delete_items(queryset)
 
     @admin.action(description="Re-embed selected items with current encoder")
     def reembed_selected(self, request: HttpRequest, queryset: QuerySet[CatalogItem]) -> None:

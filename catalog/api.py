@@ -1,7 +1,8 @@
 """REST API for shop admins: catalogs, item uploads, item listing/deletion, embedding progress.
 
 Thin: querysets come from ``services.access`` (another shop's catalog is a 404, not a 403), the
-work from ``services.ingest`` / ``services.embedding`` / ``services.progress``.
+work from ``services.ingest`` / ``services.embedding`` / ``services.progress``, and every write
+of a catalog or an item from ``services.catalogs`` (never ``serializer.save()``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,17 @@ from rest_framework.response import Response
 from dar_site.storable_text import StorableJSONParser
 
 from .models import PRODUCT_FIELDS, Catalog, CatalogItem, Shop
-from .services import access, embedding, facets, feeds, metadata, progress, reembed, uploads
+from .services import (
+    access,
+    catalogs,
+    embedding,
+    facets,
+    feeds,
+    metadata,
+    progress,
+    reembed,
+    uploads,
+)
 
 # --- Serializers ------------------------------------------------------------------------------
 
@@ -158,6 +169,16 @@ class CatalogViewSet(viewsets.ModelViewSet):
     def get_queryset(self) -> QuerySet[Catalog]:
         return access.catalogs_for(self.request.user).select_related("shop").order_by("pk")
 
+    def perform_create(self, serializer: serializers.BaseSerializer[Catalog]) -> None:
+        serializer.instance = catalogs.create_catalog(**serializer.validated_data)
+
+    def perform_update(self, serializer: serializers.BaseSerializer[Catalog]) -> None:
+        assert serializer.instance is not None
+        catalogs.update_catalog(serializer.instance, **serializer.validated_data)
+
+    def perform_destroy(self, instance: Catalog) -> None:
+        catalogs.delete_catalog(instance)
+
     @extend_schema(summary="Embedding progress counts", responses=ProgressSerializer)
     @action(detail=True, methods=["get"])
     def progress(self, request: Request, slug: str | None = None) -> Response:
@@ -252,6 +273,9 @@ class CatalogItemViewSet(
                 )
             items = items.filter(status=wanted)
         return items.order_by("pk")
+
+    def perform_destroy(self, instance: CatalogItem) -> None:
+        catalogs.delete_item(instance)
 
     @extend_schema(
         summary="Upload images (files, zips, a CSV/JSONL manifest beside them) or a product feed",

@@ -51,4 +51,4 @@ def _replace_broken_connections(task: Any = None, **_: Any) -> None:
         ready_for_next_task(conn)
 
 
-app.autodiscover_tasks(["catalog", "retrieval.turn", "workers"])
+app.autodiscover_tasks(["catalog", "retrieval.turn"])

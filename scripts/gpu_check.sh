@@ -15,4 +15,4 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 TOKENIZER
 export TORCH_LOGS=${TORCH_LOGS:-perf_hints}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, transformers, diffusers, open_clip; print("torch", torch.__version__, "transformers", transformers.__version__, "diffusers", diffusers.__version__, "open_clip", open_clip.__version__)'
-python3 scripts/gpu_turn.py --json "$OUT/gpu_turn.json" "$@" 2>&1 | grep -v "should be kept in float32" | tee "$OUT/gpu_turn.log"
+python3 -m bench.gpu_turn --json "$OUT/gpu_turn.json" "$@" 2>&1 | grep -v "should be kept in float32" | tee "$OUT/gpu_turn.log"

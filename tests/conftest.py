@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 # Shared with the benchmarks, which start in-process workers the same way.
-from bench.instrument import closing_thread_connections
+from dar_site.instrument import closing_thread_connections
 
 
 @pytest.fixture(scope="session", autouse=True)

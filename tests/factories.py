@@ -12,8 +12,8 @@ from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from PIL import Image
 
-from bench.instrument import EventTap
 from catalog.models import Catalog, CatalogItem, Shop
+from dar_site.instrument import EventTap
 from retrieval.models import Feedback, Preview, ProductClick, SearchSession, Turn, TurnResult
 
 
@@ -189,7 +189,7 @@ class EventRecorder(EventTap):
 
     Runs its own event loop in a thread so that sync tests can watch the events a Celery worker
     emits: ``with EventRecorder(session.pk) as events: ...; events.wait_for(pred)``. The
-    listening is the benchmarks' ``EventTap``.
+    listening is ``dar_site.instrument.EventTap`` (the benchmarks use it too).
     """
 
     def __init__(self, session_id: object) -> None:

@@ -200,7 +200,7 @@ def test_web_side_knows_the_active_encoder_without_loading_it() -> None:
 
 @pytest.mark.django_db
 def test_task_retries_transient_database_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.tasks.catalog import embed_items as task
+    from catalog.tasks import embed_items as task
 
     assert task.name == "gpu.embed_items"
     calls = {"n": 0}

@@ -146,7 +146,7 @@ def test_repeated_product_ids_fail_the_later_rows(server: ImageServer) -> None:
 def test_a_catalog_with_a_feed_location_is_synced_when_due(
     server: ImageServer, tmp_path: Any
 ) -> None:
-    from workers.tasks.feeds import sync_feed
+    from catalog.tasks import sync_feed
 
     feed_url = server.add("/feed.tsv", tsv(catalog_products(server, 3)), "text/tab-separated")
     due = CatalogFactory.create(feed_location=feed_url, feed_interval_minutes=60)
@@ -191,7 +191,7 @@ def test_a_second_sync_of_the_same_catalog_is_refused_while_one_runs(
 
 
 def test_a_feed_location_that_fails_is_reported_on_the_catalog(server: ImageServer) -> None:
-    from workers.tasks.feeds import sync_feed
+    from catalog.tasks import sync_feed
 
     catalog = CatalogFactory.create(feed_location=server.url("/gone.tsv"), feed_interval_minutes=5)
     assert sync_feed.apply(args=[catalog.pk]).get() == {

@@ -1,4 +1,4 @@
-"""scripts/gpu_turn.py runs end to end at toy size on CPU and reports every stage and variant."""
+"""bench/gpu_turn.py runs end to end at toy size on CPU and reports every stage and variant."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def test_gpu_turn_tiny_smoke(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
-            "scripts/gpu_turn.py",
+            "-m",
+            "bench.gpu_turn",
             "--tiny",
             "--device",
             "cpu",

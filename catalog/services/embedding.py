@@ -236,8 +236,13 @@ def embed_items(
         readable = [it for it in readable if it.pk not in texts_failed]
 
     done = [it.pk for it in readable]
-    CatalogItem.objects.filter(pk__in=done).update(
-        status=CatalogItem.Status.EMBEDDED, error="", updated_at=timezone.now()
-    )
+    mark_embedded(done)
     result.embedded = done
     return result
+
+
+def mark_embedded(item_ids: Sequence[int]) -> None:
+    """These items have their vectors now (stored by a job, or by the evaluation's own loader)."""
+    CatalogItem.objects.filter(pk__in=list(item_ids)).update(
+        status=CatalogItem.Status.EMBEDDED, error="", updated_at=timezone.now()
+    )

@@ -24,11 +24,10 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
-from django.db import transaction
 from PIL import Image
 
-from catalog.models import Catalog, CatalogItem, ItemEmbedding, Shop
-from catalog.services import vectors
+from catalog.models import Catalog, CatalogItem, ItemEmbedding
+from catalog.services import catalogs, embedding, vectors
 from retrieval.evaluation.cache import DiskCache, digest, slug
 
 if TYPE_CHECKING:
@@ -118,19 +117,14 @@ def catalog_for_list(paths: Sequence[str], root: Path, label: str) -> Corpus:
     """The evaluation catalog of this corpus list and image folder, created on first use."""
     files = _resolve(paths, root)
     fingerprint = corpus_fingerprint(paths, root)
-    with transaction.atomic():
-        shop, _ = Shop.objects.get_or_create(
-            slug=EVAL_SHOP, defaults={"name": "Evaluation corpora"}
-        )
-        catalog, _ = Catalog.objects.get_or_create(
-            slug=f"eval-{fingerprint[:12]}",
-            defaults={
-                "shop": shop,
-                "name": f"Evaluation: {label} ({len(paths)} images)"[:200],
-                "description": f"Corpus {label}, images under {root.resolve()}",
-                "is_public": False,
-            },
-        )
+    catalog, _ = catalogs.ensure_catalog(
+        EVAL_SHOP,
+        f"eval-{fingerprint[:12]}",
+        shop_name="Evaluation corpora",
+        name=f"Evaluation: {label} ({len(paths)} images)"[:200],
+        description=f"Corpus {label}, images under {root.resolve()}",
+        is_public=False,
+    )
     existing = dict(CatalogItem.objects.filter(catalog=catalog).values_list("source_name", "pk"))
     new = [
         CatalogItem(
@@ -147,9 +141,8 @@ def catalog_for_list(paths: Sequence[str], root: Path, label: str) -> Corpus:
         for i, (name, file) in enumerate(zip(paths, files, strict=True))
         if name[:500] not in existing
     ]
-    for start in range(0, len(new), _CREATE_BATCH):
-        created = CatalogItem.objects.bulk_create(new[start : start + _CREATE_BATCH])
-        existing.update({item.source_name: item.pk for item in created})
+    created = catalogs.add_items(new, batch_size=_CREATE_BATCH)
+    existing.update({item.source_name: item.pk for item in created})
     return Corpus(catalog, [existing[name[:500]] for name in paths], list(paths))
 
 
@@ -224,9 +217,7 @@ def embed_list_corpus(
             ]
             # Ranking here is exact by default; --use-index builds the index after the load.
             vectors.store(ItemEmbedding.Space.IMAGE, encoder.name, rows, index=False)
-            CatalogItem.objects.filter(pk__in=[r[0] for r in rows]).update(
-                status=CatalogItem.Status.EMBEDDED
-            )
+            embedding.mark_embedded([r[0] for r in rows])
             progress(len(chunk))
     return encoded
 
@@ -249,15 +240,13 @@ def embed_catalog_corpus(
 ) -> int:
     """Embed an existing catalog's items that lack a vector of this encoder, with the catalog's
     own embedding job (``catalog.services.embedding.embed_items``)."""
-    from catalog.services.embedding import embed_items
-
     done = embedded_ids(corpus, encoder.name)
     missing = [pk for pk in corpus.item_ids if pk not in done]
     progress(len(corpus) - len(missing))
     failed: dict[int, str] = {}
     for start in range(0, len(missing), batch_size):
         batch = missing[start : start + batch_size]
-        result = embed_items(batch, encoder=encoder)
+        result = embedding.embed_items(batch, encoder=encoder)
         failed.update(result.failed)
         progress(len(batch))
     if failed:

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
 from tqdm import tqdm
 
-from catalog.models import Catalog, Shop
-from catalog.services import ingest
+from catalog.models import Catalog
+from catalog.services import catalogs, ingest
 
 from ._common import format_counts, get_catalog, wait_for_embeddings
 
@@ -99,13 +98,9 @@ class Command(BaseCommand):
             return get_catalog(slug)
         if not options["shop"]:
             raise CommandError("--create needs --shop SLUG for the new catalog")
-        with transaction.atomic():
-            shop, _ = Shop.objects.get_or_create(
-                slug=options["shop"], defaults={"name": options["shop"]}
-            )
-            catalog, created = Catalog.objects.get_or_create(
-                slug=slug, defaults={"shop": shop, "name": options["name"] or slug}
-            )
+        catalog, created = catalogs.ensure_catalog(
+            options["shop"], slug, name=options["name"] or slug
+        )
         if created:
-            self.stdout.write(f"Created catalog {slug!r} in shop {shop.slug!r}.")
+            self.stdout.write(f"Created catalog {slug!r} in shop {catalog.shop.slug!r}.")
         return catalog

@@ -15,8 +15,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from catalog.models import Catalog, CatalogItem, Shop
-from catalog.services import demo, ingest
+from catalog.models import CatalogItem
+from catalog.services import catalogs, demo, ingest
 
 from ._common import format_counts, wait_for_embeddings
 
@@ -41,22 +41,19 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["limit"] < 0:
             raise CommandError("--limit must be 0 (all) or more")
-        shop, _ = Shop.objects.get_or_create(
-            slug=demo.DEMO_SHOP_SLUG, defaults={"name": demo.DEMO_SHOP_NAME}
-        )
-        catalog, _ = Catalog.objects.get_or_create(
-            slug=demo.DEMO_CATALOG_SLUG,
-            defaults={
-                "shop": shop,
-                "name": demo.DEMO_CATALOG_NAME,
-                "description": "OpenMoji colour emoji (CC BY-SA 4.0), rendered for the demo.",
-            },
+        catalog, _ = catalogs.ensure_catalog(
+            demo.DEMO_SHOP_SLUG,
+            demo.DEMO_CATALOG_SLUG,
+            shop_name=demo.DEMO_SHOP_NAME,
+            name=demo.DEMO_CATALOG_NAME,
+            description="OpenMoji colour emoji (CC BY-SA 4.0), rendered for the demo.",
         )
         if options["admin"]:
             user = get_user_model().objects.filter(username=options["admin"]).first()
             if user is None:
                 raise CommandError(f"no user {options['admin']!r}")
-            shop.admins.add(user)
+            shop = catalogs.ensure_shop(demo.DEMO_SHOP_SLUG, demo.DEMO_SHOP_NAME)
+            catalogs.add_shop_admin(shop, user)
 
         chosen = demo.select(demo.openmoji_entries(), options["limit"])
         have = set(

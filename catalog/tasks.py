@@ -1,12 +1,42 @@
-"""Product feed tasks (default queue): feed images are fetched here, never in the web process."""
+"""Catalog tasks, kept next to the services they call (found by ``autodiscover_tasks``).
+
+Thin: each task calls one service function that owns the work.
+
+* ``gpu.embed_items`` (gpu queue, by its name): embed a batch of items with the loaded models.
+* ``catalog.sync_feed`` (default queue): sync a catalog from its feed; feed images are fetched
+  here, never in the web process.
+* ``catalog.sync_due_feeds`` (celery beat): queue a sync for every catalog whose feed is due.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
-from .catalog import RETRY_ON
+# Transient database trouble (a restart, a dropped connection) is retried with exponential
+# backoff; acks_late (global) reruns the job if the worker itself dies. Reruns are harmless: the
+# job upserts vectors and overwrites statuses.
+RETRY_ON = (OperationalError, InterfaceError)
+
+
+@shared_task(
+    name="gpu.embed_items",
+    autoretry_for=RETRY_ON,
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=8,
+)
+def embed_items(item_ids: list[int]) -> dict[str, Any]:
+    from django.db import close_old_connections
+
+    from catalog.services.embedding import embed_items as run
+
+    # A connection broken by a database restart must not be reused by the retry.
+    close_old_connections()
+    return run(item_ids).as_dict()
 
 
 @shared_task(

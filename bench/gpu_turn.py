@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Latency of one DAR search turn, stage by stage, on standard-size models with random weights.
 
 Builds the product's architectures without downloading weights (open_clip ViT-B-32, a
@@ -20,9 +19,9 @@ Batched runs (``--sessions``) use the first variant and put N sessions' work int
 pass, as the GPU worker's micro-batchers do; they report throughput and the latency bound a
 session sees.
 
-    python scripts/gpu_turn.py                               # CUDA, 1M items
-    python scripts/gpu_turn.py --sessions 16 32 --json out.json
-    python scripts/gpu_turn.py --tiny --device cpu           # toy sizes: a smoke test anywhere
+    python -m bench.gpu_turn                                 # CUDA, 1M items
+    python -m bench.gpu_turn --sessions 16 32 --json out.json
+    python -m bench.gpu_turn --tiny --device cpu             # toy sizes: a smoke test anywhere
 """
 
 from __future__ import annotations
@@ -36,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STAGES = (
     "text_encode",
