@@ -7,7 +7,7 @@ table for the repetition penalty), so the step compiles once per batch size and,
 as a CUDA graph (``torch.compile`` mode ``reduce-overhead``). Stopping is checked every
 ``check_every`` tokens (one device sync each time) rather than after every token.
 
-Measured on one H100 (``scripts/gpu_turn.py``, Qwen2.5-1.5B architecture, bf16, 256-token prompt):
+Measured on one H100 (``bench/gpu_turn.py``, Qwen2.5-1.5B architecture, bf16, 256-token prompt):
 48 tokens in 162 ms against 259 ms with ``generate`` and a static cache; about 2.8 ms per token,
 which is per-kernel time on the GPU (some 300 small kernels a step), not Python.
 
