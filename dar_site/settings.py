@@ -444,4 +444,5 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Gpu workers load every model at start instead of on the first turn (workers/warmup.py).
 DAR_WARM_MODELS = env_bool("DAR_WARM_MODELS", True)
-DAR_MODEL_PROFILE = env_choice("DAR_MODEL_PROFILE", "auto", ["auto", "standard", "offline"])
+# The models (DAR_MODEL_PROFILE, DAR_ENCODER, DAR_LLM...) are the model layer's settings, read
+# once per process by workers.models.config.model_settings(), not Django settings.

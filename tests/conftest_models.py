@@ -61,18 +61,42 @@ MODEL_VARIABLES = (
 )
 
 
+# MonkeyPatch is final for type checkers only; this adds one step after two of its methods.
+class ModelEnv(pytest.MonkeyPatch):  # type: ignore[misc]
+    """``monkeypatch`` whose changes of the environment reach the model settings, which a process
+    otherwise reads once (``config.model_settings``)."""
+
+    def setenv(self, name: str, value: str, prepend: str | None = None) -> None:
+        super().setenv(name, value, prepend)
+        _forget_settings()
+
+    def delenv(self, name: str, raising: bool = True) -> None:
+        super().delenv(name, raising)
+        _forget_settings()
+
+
+def _forget_settings() -> None:
+    from workers.models.config import model_settings
+
+    model_settings.cache_clear()
+
+
 @pytest.fixture
-def model_env(offline_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+def model_env(offline_dir: Path) -> Iterator[pytest.MonkeyPatch]:
     """A clean model environment: offline profile on the session build, CPU, no hub access; the
-    registry is reset before and after."""
+    registry (and the settings it read) is reset before and after."""
     from workers.models.registry import reset_models
 
-    for name in MODEL_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DAR_MODEL_PROFILE", "offline")
-    monkeypatch.setenv("DAR_MODEL_DIR", str(offline_dir))
-    monkeypatch.setenv("DAR_DEVICE", "cpu")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    reset_models()
-    yield monkeypatch
-    reset_models()
+    patch = ModelEnv()
+    try:
+        for name in MODEL_VARIABLES:
+            patch.delenv(name, raising=False)
+        patch.setenv("DAR_MODEL_PROFILE", "offline")
+        patch.setenv("DAR_MODEL_DIR", str(offline_dir))
+        patch.setenv("DAR_DEVICE", "cpu")
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        reset_models()
+        yield patch
+    finally:
+        patch.undo()
+        reset_models()

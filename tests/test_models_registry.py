@@ -227,3 +227,19 @@ def test_a_missing_tiny_vae_counts_as_a_missing_standard_model(
     )
     model_env.setenv("DAR_MODEL_PROFILE", "offline")
     assert model_plan().gen_vae == ""  # the offline pipeline keeps its own VAE
+
+
+def test_a_process_reads_its_model_settings_once(
+    model_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = config.model_settings()
+    assert settings == ModelSettings.from_env()
+    # A plain change of the environment (not through model_env): the process keeps its settings.
+    monkeypatch.setenv("DAR_GEN_SIZE", "128")
+    monkeypatch.setenv("DAR_LLM_PROMPT_TOKENS", "20")
+    assert config.model_settings() is settings
+    assert model_plan().gen_size == 64
+    registry.reset_models()  # forgets them: the next call reads the environment again
+    assert model_plan().gen_size == 128
+    assert config.model_settings().llm_tokens == config.TokenBudgets(80, 20, 48)
+    assert config.model_settings().llm_tokens.refine(2) == 80 + 2 * 24

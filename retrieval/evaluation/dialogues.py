@@ -212,10 +212,10 @@ def variant(name: str) -> Iterator[None]:
 
         refiner: Any = GroundedRefiner()
     elif name == "openai":
-        from workers.models.config import ModelSettings
+        from workers.models.config import model_settings
         from workers.models.refiner import OpenAIChatRefiner
 
-        settings = ModelSettings.from_env()
+        settings = model_settings()
         if not settings.openai_base_url:
             raise DialogueFileError("--compare openai needs DAR_OPENAI_BASE_URL (and _MODEL)")
         refiner = OpenAIChatRefiner(

@@ -76,14 +76,15 @@ class QueryBuilder:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (use {', '.join(MODES)})")
-        from workers.models.config import ModelSettings, model_plan
+        from workers.models import config as model_config
+        from workers.models.config import model_plan
         from workers.models.registry import get_encoder
 
         self.mode, self.split, self.rounds = mode, split, rounds
         self.images = images_per_round if mode == "dar" else 0
         self.seed, self.cache, self.counters = seed, cache, counters
         self.encoder: Encoder = get_encoder()
-        model_settings = ModelSettings.from_env()
+        model_settings = model_config.model_settings()
         plan = model_plan(model_settings)
         self.needs_llm = mode in ("reformulated", "dar") and not split
         self.refiner_name = f"{plan.llm_backend}:{plan.llm_name}" if self.needs_llm else None

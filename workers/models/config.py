@@ -1,9 +1,11 @@
 """Model settings from the environment and the choice between real and stand-in models.
 
 Importing this module must stay cheap (the web process uses ``is_stand_in`` and the active model
-names): no torch, no ML library, no network. Profile ``auto`` picks ``standard`` only when every
-standard model is already on disk (a local path or the Hugging Face cache), else the offline
-stand-ins, so a machine without weights or network still runs end to end.
+names): no torch, no ML library, no network. A process reads its settings once
+(``model_settings()``; ``registry.reset_models`` forgets them, for tests). Profile ``auto`` picks
+``standard`` only when every standard model is already on disk (a local path or the Hugging Face
+cache), else the offline stand-ins, so a machine without weights or network still runs end to
+end.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from dar_site.env import (
     EnvError,
+    env_bool,
     env_choice,
     env_float,
     env_int,
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ("auto", "standard", "offline")
+LLM_FIELDS = ("auto", "sequential", "parallel")
 DEFAULT_ENCODER = "open_clip:ViT-B-32:laion2b_s34b_b79k"
 DEFAULT_TEXT_EMBEDDER = offline.TEXT_EMBEDDER_NAME
 DEFAULT_LLM = "Qwen/Qwen2.5-1.5B-Instruct"
@@ -72,6 +76,21 @@ class EncoderSpec:
 
 
 @dataclass(frozen=True)
+class TokenBudgets:
+    """Tokens an LLM answer may take: ~40 words of description, ~25 words per prompt, ~20 words
+    of question. Decoding time is linear in them, so a slow CPU deployment may want them smaller
+    (``DAR_LLM_DESCRIPTION_TOKENS``, ``DAR_LLM_PROMPT_TOKENS``, ``DAR_LLM_QUESTION_TOKENS``)."""
+
+    description: int = 80
+    prompt: int = 48
+    question: int = 48
+
+    def refine(self, k: int) -> int:
+        """Tokens for a whole single-pass refine answer (labels and newlines included)."""
+        return self.description + (self.prompt + 4) * max(k, 0)
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     profile: str = "auto"
     model_dir: Path = REPO_ROOT / ".models"
@@ -93,9 +112,24 @@ class ModelSettings:
     llm_batch: int = 16  # dialogues decoded together by the local LLM
     gen_batch: int = 16  # images per diffusion pipeline call
     batch_window_ms: float = 5.0
+    llm_tokens: TokenBudgets = TokenBudgets()
+    # CUDA: compile the LLM's decoding forward (torch.compile, CUDA graphs); the first calls of
+    # each cache bucket then take tens of seconds to compile. Off by default.
+    llm_compile: bool = False
+    # CUDA: static KV caches hold this many tokens, or this times a power of two for longer
+    # prompts.
+    llm_cache_tokens: int = 1024
+    # How a refine's fields (description, prompt 1..k) are decoded: "sequential" (each after the
+    # one before, seeing it) or "parallel" (each from the dialogue alone, as rows of one batch).
+    # On a GPU a decoding step costs about the same for a few rows as for one (it streams the
+    # weights), so parallel fields make a refine cost its longest field instead of the sum of
+    # all; on a CPU the extra rows cost compute. "auto": parallel on CUDA, sequential elsewhere.
+    llm_fields: str = "auto"
 
     @classmethod
     def from_env(cls) -> ModelSettings:
+        """Read and check every model variable (each call reads the environment again; the
+        process's settings are ``model_settings()``)."""
         encoder = env_str("DAR_ENCODER", DEFAULT_ENCODER)
         EncoderSpec.parse(encoder)  # fail at startup, naming the variable, not at first use
         llm = env_str("DAR_LLM", DEFAULT_LLM)
@@ -122,7 +156,26 @@ class ModelSettings:
             llm_batch=env_int("DAR_LLM_BATCH", 16, min=1, max=256),
             gen_batch=env_int("DAR_GEN_BATCH", 16, min=1, max=256),
             batch_window_ms=env_float("DAR_BATCH_WINDOW_MS", 5.0, min=0.0, max=1000.0),
+            llm_tokens=TokenBudgets(
+                description=env_int("DAR_LLM_DESCRIPTION_TOKENS", 80, min=4, max=1024),
+                prompt=env_int("DAR_LLM_PROMPT_TOKENS", 48, min=4, max=1024),
+                question=env_int("DAR_LLM_QUESTION_TOKENS", 48, min=4, max=1024),
+            ),
+            llm_compile=env_bool("DAR_LLM_COMPILE", False),
+            llm_cache_tokens=env_int("DAR_LLM_CACHE_TOKENS", 1024, min=64, max=131072),
+            llm_fields=env_choice("DAR_LLM_FIELDS", "auto", LLM_FIELDS),
         )
+
+
+@functools.cache
+def model_settings() -> ModelSettings:
+    """This process's model settings: the environment, read once (the first call).
+
+    Every caller uses this rather than ``ModelSettings.from_env()``, so a process runs on one
+    set of settings. Tests that change the environment forget them with
+    ``model_settings.cache_clear()`` (``registry.reset_models`` does it).
+    """
+    return ModelSettings.from_env()
 
 
 @dataclass(frozen=True)
@@ -202,12 +255,14 @@ def _profile_for(settings: ModelSettings) -> str:
 
 
 def resolved_profile(settings: ModelSettings | None = None) -> str:
-    """``standard`` or ``offline`` (``auto`` resolved; cached per settings)."""
-    return _profile_for(settings or ModelSettings.from_env())
+    """``standard`` or ``offline`` (``auto`` resolved; cached per settings; default: this
+    process's ``model_settings()``)."""
+    return _profile_for(settings or model_settings())
 
 
 def is_stand_in(settings: ModelSettings | None = None) -> bool:
-    """True when searches run on the offline stand-ins, so the UI can say so."""
+    """True when this process runs on the offline stand-ins (random-weight encoder and
+    generator): the UI says so, and ranking does not trust the encoder's image scores."""
     return resolved_profile(settings) == "offline"
 
 
@@ -217,7 +272,7 @@ def clear_profile_cache() -> None:
 
 def model_plan(settings: ModelSettings | None = None) -> ModelPlan:
     """The models the registry will load, without loading anything (cheap)."""
-    settings = settings or ModelSettings.from_env()
+    settings = settings or model_settings()
     profile = resolved_profile(settings)
     openai = settings.llm_backend == "openai"
     llm_name = f"openai:{settings.openai_model}" if openai else settings.llm

@@ -6,7 +6,7 @@ Concurrent sessions (the worker's threads) share model calls: the encoder is a
 ``BatchedEncoder``, the generator a ``BatchedGenerator`` (one diffusion call for concurrent
 previews) and the local LLM decodes concurrent dialogues as one batch (``HFChatRefiner``'s
 ``max_batch``); sizes from ``DAR_ENCODE_BATCH``/``DAR_GEN_BATCH``/``DAR_LLM_BATCH``, waiting
-window from ``DAR_BATCH_WINDOW_MS``.
+window from ``DAR_BATCH_WINDOW_MS``. Models are built from this process's ``model_settings()``.
 Importing this module imports neither torch nor any ML library.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .config import ModelPlan, ModelSettings, clear_profile_cache, model_plan
+from .config import ModelPlan, ModelSettings, clear_profile_cache, model_plan, model_settings
 from .protocols import Encoder, Generator, Refiner, TextEmbedder
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def _get(key: str, load: Callable[[ModelSettings, ModelPlan], M]) -> M:
         lock = _locks.setdefault(key, threading.Lock())
     with lock:
         if key not in _models:
-            settings = ModelSettings.from_env()
+            settings = model_settings()
             plan = model_plan(settings)
             if plan.profile == "offline" and key in ("encoder", "generator"):
                 ensure_offline_models(settings)
@@ -51,7 +51,7 @@ def ensure_offline_models(settings: ModelSettings | None = None) -> dict[str, An
     """Build the offline stand-ins if they are missing (idempotent, cheap when present)."""
     from .offline import build_offline_models, read_manifest
 
-    settings = settings or ModelSettings.from_env()
+    settings = settings or model_settings()
     manifest = read_manifest(settings.model_dir)
     if manifest is None:
         log.warning("offline models missing in %s: building them now", settings.model_dir)
@@ -106,6 +106,7 @@ def _load_refiner(settings: ModelSettings, plan: ModelPlan) -> Refiner:
             settings.openai_model,
             api_key=settings.openai_api_key,
             timeout=settings.openai_timeout,
+            budgets=settings.llm_tokens,
         )
     if not plan.llm_source:
         raise RuntimeError(
@@ -118,6 +119,10 @@ def _load_refiner(settings: ModelSettings, plan: ModelPlan) -> Refiner:
         device=_device(settings),
         max_batch=settings.llm_batch,
         window_s=settings.batch_window_ms / 1000,
+        budgets=settings.llm_tokens,
+        compile=settings.llm_compile,
+        cache_tokens=settings.llm_cache_tokens,
+        fields=settings.llm_fields,
         # The standard profile's LLM writes English descriptions of other languages.
         translates=plan.profile != "offline",
     )
@@ -162,10 +167,12 @@ def loaded_models() -> list[str]:
 
 
 def reset_models() -> None:
-    """Forget loaded models and the resolved profile (tests; settings changed at runtime)."""
+    """Forget loaded models, the settings read from the environment and the resolved profile
+    (tests; settings changed at runtime)."""
     with _locks_guard:
         _models.clear()
         _locks.clear()
+    model_settings.cache_clear()
     clear_profile_cache()
 
 

@@ -21,10 +21,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, force: bool = False, load: bool = False, **options: Any) -> None:
-        from workers.models.config import ModelSettings, model_plan
+        from workers.models.config import model_plan, model_settings
         from workers.models.offline import build_offline_models
 
-        settings = ModelSettings.from_env()
+        settings = model_settings()
         manifest = build_offline_models(settings.model_dir, force=force)
         self.stdout.write(f"offline models ready in {settings.model_dir}")
         for key, value in sorted(manifest.items()):

@@ -1,50 +1,19 @@
-"""Dialogue refiners: a local transformers chat model or an OpenAI-compatible HTTP server.
-
-Both ask the same prompts (``prompts``) and share the lenient parser (``llm_output``). Decoding is
-greedy so a dialogue always gets the same refinement. A remote server that cannot be reached
-raises ``RefinerUnavailable``; ``refine_or_fallback``/``ask_or_none`` turn that into the ChatIR
-baseline (the plain dialogue text) so a turn never fails because of the LLM.
-"""
+"""The local refiner: a transformers chat model, its dialogues decoded together in batches."""
 
 from __future__ import annotations
 
 import functools
-import json
-import logging
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dar_site.env import env_bool, env_choice, env_int
-
-from . import prompts
-from .decoding import GreedyDecoder
-from .device import pick_dtype
-from .llm_output import fallback_refinement, parse_question, parse_refinement
-from .protocols import Dialogue, Refinement, Refiner
-
-log = logging.getLogger(__name__)
-
-# Token budgets: ~40 words of description, ~25 words per prompt, ~20 words of question. Decoding
-# time is linear in them, so a slow CPU deployment may want them smaller.
-DESCRIPTION_TOKENS = env_int("DAR_LLM_DESCRIPTION_TOKENS", 80, min=4, max=1024)
-PROMPT_TOKENS = env_int("DAR_LLM_PROMPT_TOKENS", 48, min=4, max=1024)
-ASK_MAX_TOKENS = env_int("DAR_LLM_QUESTION_TOKENS", 48, min=4, max=1024)
-# CUDA: compile the decoding forward (torch.compile, CUDA graphs); the first calls of each cache
-# bucket then take tens of seconds to compile. Off by default.
-COMPILE = env_bool("DAR_LLM_COMPILE", False)
-# CUDA: static KV caches hold this many tokens, or this times a power of two for longer prompts.
-CACHE_TOKENS = env_int("DAR_LLM_CACHE_TOKENS", 1024, min=64, max=131072)
-# How a refine's fields (description, prompt 1..k) are decoded: "sequential" (each after the one
-# before, seeing it) or "parallel" (each from the dialogue alone, as rows of one batch). On a GPU
-# a decoding step costs about the same for a few rows as for one (it streams the weights), so
-# parallel fields make a refine cost its longest field instead of the sum of all; on a CPU the
-# extra rows cost compute. "auto": parallel on CUDA, sequential elsewhere.
-FIELDS = env_choice("DAR_LLM_FIELDS", "auto", ["auto", "sequential", "parallel"])
+from .. import prompts
+from ..config import TokenBudgets, model_settings
+from ..decoding import GreedyDecoder
+from ..device import pick_dtype
+from ..protocols import Dialogue
+from .base import ChatRefiner
 
 
 @functools.cache
@@ -53,37 +22,6 @@ def _cache_argument() -> str:
     from importlib.metadata import version
 
     return "cache" if int(version("transformers").split(".")[0]) >= 5 else "past_key_values"
-
-
-class RefinerUnavailable(RuntimeError):
-    """The LLM backend cannot answer (server down, timeout, HTTP error, malformed envelope)."""
-
-
-def refine_budget(k: int) -> int:
-    """Tokens for a whole single-pass refine answer (labels and newlines included)."""
-    return DESCRIPTION_TOKENS + (PROMPT_TOKENS + 4) * max(k, 0)
-
-
-class _ChatRefiner:
-    """Shared refine/ask logic; subclasses implement ``_refine_raw`` and ``_ask_raw``."""
-
-    name: str
-    translates: bool = False
-
-    def _refine_raw(self, dialogue: Dialogue, k: int) -> str:
-        raise NotImplementedError
-
-    def _ask_raw(self, dialogue: Dialogue, candidates: Sequence[str]) -> str:
-        raise NotImplementedError
-
-    def refine(self, dialogue: Dialogue, k: int) -> Refinement:
-        result = parse_refinement(self._refine_raw(dialogue, k), k, dialogue)
-        if result.fallback:
-            log.info("refiner %s gave an unusable answer, using the dialogue text", self.name)
-        return result
-
-    def ask(self, dialogue: Dialogue, candidates: Sequence[str]) -> str | None:
-        return parse_question(self._ask_raw(dialogue, candidates))
 
 
 def _end_of_line(newline_ids: Any) -> Any:
@@ -185,7 +123,7 @@ class _Row:
         return self.job.fields[self.field][1]
 
 
-class HFChatRefiner(_ChatRefiner):
+class HFChatRefiner(ChatRefiner):
     """A transformers causal LM used through its chat template.
 
     ``source`` is a hub id, a local model directory, or a ``.gguf`` file (de-quantised by
@@ -195,9 +133,9 @@ class HFChatRefiner(_ChatRefiner):
     into the assistant turn and the model completes that one line. A model that follows the format
     gives (greedily) essentially the answer it would give in one pass; small models that stop
     early or wander off are kept on the requested structure.
-    With ``parallel_fields`` (``DAR_LLM_FIELDS``, default: on CUDA) each field is decoded from the
-    prompt alone, as its own row: a prompt line does not see the description, but the refine
-    takes as long as its longest field instead of all of them in a row.
+    With parallel fields (``fields``, ``DAR_LLM_FIELDS``; ``auto``: on CUDA) each field is decoded
+    from the prompt alone, as its own row: a prompt line does not see the description, but the
+    refine takes as long as its longest field instead of all of them in a row.
 
     Concurrent ``refine``/``ask`` calls (the worker's threads) are decoded together: a
     ``MicroBatcher`` merges up to ``max_batch`` dialogues, whose rows are left-padded into one
@@ -232,13 +170,18 @@ class HFChatRefiner(_ChatRefiner):
         static_cache: bool | None = None,
         compile: bool | None = None,
         cache_tokens: int | None = None,
-        parallel_fields: bool | None = None,
+        fields: str | None = None,
         translates: bool = False,
+        budgets: TokenBudgets | None = None,
     ) -> None:
+        """``compile``, ``cache_tokens``, ``fields`` and ``budgets`` left out (None) come from
+        this process's settings (``DAR_LLM_*``)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .batching import MicroBatcher
+        from ..batching import MicroBatcher
 
+        super().__init__(budgets)
+        settings = model_settings()
         self.name = name or source
         # Whether this model can write an English description of a message in another language
         # (SmolLM2-135M cannot; the standard profile's Qwen can).
@@ -246,11 +189,10 @@ class HFChatRefiner(_ChatRefiner):
         self.device = device
         self.cuda = device.startswith("cuda")
         self.static_cache = self.cuda if static_cache is None else static_cache
-        self.compile = (COMPILE if compile is None else compile) and self.cuda
-        self.cache_tokens = cache_tokens or CACHE_TOKENS
-        if parallel_fields is None:
-            parallel_fields = FIELDS == "parallel" or (FIELDS == "auto" and self.cuda)
-        self.parallel_fields = parallel_fields
+        self.compile = (settings.llm_compile if compile is None else compile) and self.cuda
+        self.cache_tokens = cache_tokens or settings.llm_cache_tokens
+        fields = fields or settings.llm_fields
+        self.parallel_fields = fields == "parallel" or (fields == "auto" and self.cuda)
         path = Path(source).expanduser()
         kwargs: dict[str, Any] = {}
         model_source = source
@@ -471,8 +413,8 @@ class HFChatRefiner(_ChatRefiner):
         return decoder
 
     def _refine_fields(self, k: int) -> list[tuple[str, int]]:
-        fields = [(prompts.REFINE_PREFILL, DESCRIPTION_TOKENS)]
-        return fields + [(f"PROMPT {i}:", PROMPT_TOKENS) for i in range(1, k + 1)]
+        fields = [(prompts.REFINE_PREFILL, self.budgets.description)]
+        return fields + [(f"PROMPT {i}:", self.budgets.prompt) for i in range(1, k + 1)]
 
     def _refine_raw(self, dialogue: Dialogue, k: int) -> str:
         messages = prompts.refine_messages(dialogue, k, english=self.translates)
@@ -480,7 +422,7 @@ class HFChatRefiner(_ChatRefiner):
 
     def _ask_raw(self, dialogue: Dialogue, candidates: Sequence[str]) -> str:
         messages = prompts.ask_messages(dialogue, candidates)
-        return self._fill(messages, [(prompts.ASK_PREFILL, ASK_MAX_TOKENS)])
+        return self._fill(messages, [(prompts.ASK_PREFILL, self.budgets.question)])
 
 
 def _raise_recompile_limit(limit: int = 64) -> None:
@@ -492,110 +434,3 @@ def _raise_recompile_limit(limit: int = 64) -> None:
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name):
             setattr(config, name, max(int(getattr(config, name)), limit))
-
-
-class OpenAIChatRefiner(_ChatRefiner):
-    """Client for an OpenAI-compatible ``/chat/completions`` endpoint (vLLM, Ollama, llama.cpp
-    server, hosted APIs), using only the standard library."""
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        *,
-        api_key: str = "",
-        timeout: float = 30.0,
-        retries: int = 2,
-        backoff: float = 0.25,
-        translates: bool = True,
-    ) -> None:
-        self.translates = translates
-        if not base_url.startswith(("http://", "https://")):
-            # urllib would also open file:// and other schemes; only HTTP(S) makes sense here.
-            raise ValueError(f"LLM base URL must be http(s)://, got {base_url!r}")
-        self.name = f"openai:{model}"
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.api_key = api_key
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-
-    def _request(self, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = json.dumps(body).encode("utf-8")
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            # The scheme is checked to be http(s) in __init__.
-            request = urllib.request.Request(  # noqa: S310
-                self.url, data=data, headers=headers, method="POST"
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                    payload = json.loads(response.read().decode("utf-8"))
-            except urllib.error.HTTPError as err:
-                detail = err.read(300).decode("utf-8", "replace")
-                if err.code != 429 and err.code < 500:
-                    # Client errors (bad key, unknown model) will not improve by retrying.
-                    raise RefinerUnavailable(
-                        f"LLM server {self.url} answered HTTP {err.code}: {detail}"
-                    ) from err
-                last = err
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-                last = err
-            except ValueError as err:  # JSON decoding
-                raise RefinerUnavailable(f"LLM server {self.url} sent invalid JSON") from err
-            else:
-                if not isinstance(payload, dict):
-                    raise RefinerUnavailable(f"LLM server {self.url} sent a non-object answer")
-                return payload
-        raise RefinerUnavailable(
-            f"LLM server {self.url} unreachable after {self.retries + 1} attempts: {last}"
-        ) from last
-
-    def _chat(self, messages: list[prompts.Message], max_tokens: int) -> str:
-        payload = self._request(
-            {
-                "model": self.model,
-                "messages": messages,
-                "temperature": 0,
-                "seed": 0,
-                "max_tokens": max_tokens,
-                "stream": False,
-            }
-        )
-        try:
-            content = payload["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as err:
-            raise RefinerUnavailable(f"LLM server {self.url} sent no choices") from err
-        # Servers cannot be prefilled portably: the parser finds the labels itself.
-        return content if isinstance(content, str) else ""
-
-    def _refine_raw(self, dialogue: Dialogue, k: int) -> str:
-        messages = prompts.refine_messages(dialogue, k, english=self.translates)
-        return self._chat(messages, refine_budget(k))
-
-    def _ask_raw(self, dialogue: Dialogue, candidates: Sequence[str]) -> str:
-        return self._chat(prompts.ask_messages(dialogue, candidates), ASK_MAX_TOKENS)
-
-
-def refine_or_fallback(refiner: Refiner, dialogue: Dialogue, k: int) -> Refinement:
-    """``refiner.refine`` or, when the backend is down, the plain dialogue text."""
-    try:
-        return refiner.refine(dialogue, k)
-    except RefinerUnavailable as err:
-        log.warning("refiner unavailable, using the dialogue text: %s", err)
-        return fallback_refinement(dialogue, k)
-
-
-def ask_or_none(refiner: Refiner, dialogue: Dialogue, candidates: Sequence[str]) -> str | None:
-    """``refiner.ask`` or None (no question this turn) when the backend is down."""
-    try:
-        return refiner.ask(dialogue, candidates)
-    except RefinerUnavailable as err:
-        log.warning("refiner unavailable, asking no question: %s", err)
-        return None
