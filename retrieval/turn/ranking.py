@@ -14,7 +14,6 @@ Both of a turn's stages (``text_stage``, ``pipeline``) and the offline evaluatio
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -168,19 +167,14 @@ def query_text(dialogue: Dialogue) -> str:
     return understand(dialogue).query_text() or dialogue.as_text()
 
 
-@functools.cache
-def _encoder_is_stand_in() -> bool:
-    from workers.models.config import ModelSettings, model_plan
-
-    return model_plan(ModelSettings.from_env()).profile == "offline"
-
-
 def image_weight() -> float:
     """``DAR_WEIGHT_IMAGE``, with ``auto`` resolved: the offline profile's encoder has random
     weights, so its similarities carry no information next to product text."""
     weight = settings.DAR_WEIGHT_IMAGE
     if weight is None:
-        return 0.0 if _encoder_is_stand_in() else 1.0
+        from workers.models.config import is_stand_in
+
+        return 0.0 if is_stand_in() else 1.0
     return float(weight)
 
 
