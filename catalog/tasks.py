@@ -29,11 +29,15 @@ RETRY_ON = (OperationalError, InterfaceError)
     retry_jitter=True,
     max_retries=8,
 )
-def embed_items(item_ids: list[int]) -> dict[str, Any]:
+def embed_items(item_ids: list[int], shop: int | None = None) -> dict[str, Any]:
     from django.db import close_old_connections
 
+    from catalog.services import embed_queue
     from catalog.services.embedding import embed_items as run
 
+    # Counted as waiting until a worker takes it; a retry is not counted again.
+    if not embed_items.request.retries:
+        embed_queue.started(shop)
     # A connection broken by a database restart must not be reused by the retry.
     close_old_connections()
     return run(item_ids).as_dict()

@@ -190,9 +190,13 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # their connections (recycled every this many tasks); dar_site/celery.py replaces a broken one
 # before the next task instead.
 CELERY_DB_REUSE_MAX = 500
+DAR_TASK_VISIBILITY_TIMEOUT = env_int("DAR_TASK_VISIBILITY_TIMEOUT", 600, min=30)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("DAR_TASK_VISIBILITY_TIMEOUT", 600, min=30),
+    "visibility_timeout": DAR_TASK_VISIBILITY_TIMEOUT,
     "global_keyprefix": f"{REDIS_PREFIX}:celery:",
+    # One Redis list per priority, 0 first: search turns at 0, embedding jobs at 1-9 by how many
+    # of their shop's jobs wait ahead (catalog/services/embed_queue.py).
+    "priority_steps": list(range(10)),
 }
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_SERIALIZER = CELERY_RESULT_SERIALIZER = "json"

@@ -23,7 +23,7 @@ from PIL import Image
 
 from catalog.models import Catalog, CatalogItem, ItemEmbedding
 
-from . import vectors
+from . import embed_queue, vectors
 from .progress import stale_items
 
 if TYPE_CHECKING:
@@ -46,8 +46,19 @@ def _chunks(ids: Sequence[int], size: int) -> Iterable[list[int]]:
 def send_batch(item_ids: list[int]) -> None:
     from dar_site.celery import app
 
-    # Routed to the gpu queue by name (task_routes "gpu.*"); no import of the worker code.
-    app.send_task(TASK_NAME, args=[item_ids])
+    shop_id = (
+        CatalogItem.objects.filter(pk__in=item_ids[:1]).values_list("catalog__shop_id", flat=True)
+    ).first()
+    if shop_id is None:
+        return  # deleted before the commit: nothing to embed
+    # Routed to the gpu queue by name (task_routes "gpu.*"); no import of the worker code. Its
+    # priority puts it behind search turns and interleaves the shops' jobs (``embed_queue``).
+    app.send_task(
+        TASK_NAME,
+        args=[item_ids],
+        kwargs={"shop": shop_id},
+        priority=embed_queue.enqueue(shop_id),
+    )
 
 
 def queue_items(item_ids: Iterable[int]) -> int:
