@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> None:
         embedding,
         ingest,
         progress,
+        storing,
         validation,
         vectors,
     )
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
         spans = [
             (validation, "sha256_of", "hash (before decoding)"),
             (decoding.Decoder, "result", "wait for the decoding processes"),
-            (ingest, "_store_files", "store rendition + original"),
+            (storing, "store_item_files", "store rendition + original (threads)"),
             (embedding, "_open_stored", "open stored image"),
             (vectors, "store", "vector store (upsert + HNSW)"),
         ]
@@ -149,6 +150,9 @@ def run(args: argparse.Namespace) -> None:
 
         get_encoder(), get_text_embedder()
         load_s = time.perf_counter() - start
+        import torch
+
+        torch_threads = torch.get_num_threads()
         with celery_worker(concurrency=args.worker_threads), instrumented(meter, spans):
             t0 = time.perf_counter()
             report = ingest.import_paths(catalog, [str(folder / "manifest.csv")])
@@ -175,7 +179,8 @@ def run(args: argparse.Namespace) -> None:
     print(
         f"ingest bench: {args.images} photos {args.size}x{int(args.size * 0.75)} "
         f"({size_bytes / 2**20:.1f} MB, generated in {gen_s:.1f} s); encoder {plan.encoder_name}; "
-        f"DAR_EMBED_BATCH={_setting('DAR_EMBED_BATCH')}; worker threads {args.worker_threads}; "
+        f"DAR_EMBED_BATCH={_setting('DAR_EMBED_BATCH')}; worker threads {args.worker_threads} "
+        f"(torch threads {torch_threads}); "
         f"decoding processes "
         f"{decoding.processes()}; {cores} cores; load average before the run {load_before:.2f}; "
         f"models loaded first in {load_s:.1f} s"

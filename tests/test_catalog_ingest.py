@@ -140,3 +140,22 @@ def test_a_crashed_decoder_rejects_that_image_only(monkeypatch: pytest.MonkeyPat
     assert report.rejected == [
         {"path": "victim.png", "reason": "the image could not be decoded (the decoder stopped)"}
     ]
+
+
+def test_duplicates_are_looked_up_a_chunk_at_a_time() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    catalog = CatalogFactory.create()
+    datas = [image_bytes("RGB", (16, 16), (i, 40, 80)) for i in range(40)]
+    first = ingest.import_candidates(
+        catalog, [from_bytes(f"a{i}.png", d) for i, d in enumerate(datas)], embed=False
+    )
+    assert len(first.imported) == 40
+    with CaptureQueriesContext(connection) as queries:
+        again = ingest.import_candidates(
+            catalog, [from_bytes(f"b{i}.png", d) for i, d in enumerate(datas)], embed=False
+        )
+    assert len(again.duplicates) == 40 and not again.imported
+    lookups = [q for q in queries.captured_queries if "sha256" in q["sql"]]
+    assert len(lookups) == 2  # 40 candidates in chunks of 32, not one query each

@@ -3,11 +3,12 @@
 Every entry point (admin upload, REST API, ``import_catalog``, ``load_demo_catalog``) hands a list
 of ``sources.Candidate``s to ``import_candidates`` and gets an ``ImportReport`` back.
 
-The bytes are hashed and de-duplicated before anything is decoded; new ones are decoded once, in
-the decoding processes (``decoding``), while this thread reads the next ones. Each group of
-``DAR_EMBED_BATCH`` decoded images is stored (the rendition to serve, the original kept
-privately), inserted in one statement and its embedding job queued at once, so the embedding
-workers run beside the rest of the import.
+The bytes are hashed and de-duplicated before anything is decoded (one query per chunk of
+candidates); new ones are decoded once, in the decoding processes (``decoding``), while this
+thread reads the next ones. Each group of ``DAR_EMBED_BATCH`` decoded images has its files written
+(``storing``: the rendition to serve, the original kept privately) from threads while the next
+group is read, then is inserted in one statement and its embedding job queued at once, so the
+embedding workers run beside the rest of the import.
 
 Safe to interrupt and re-run:
 
@@ -29,13 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.core.files.base import ContentFile
-from django.core.files.storage import Storage
 from django.db import IntegrityError, transaction
 
-from catalog.models import Catalog, CatalogItem, item_upload_path, original_upload_path
+from catalog.models import Catalog, CatalogItem
 
-from . import decoding, validation
+from . import decoding, storing, validation
 from .sources import Candidate, CandidateRejected
 
 log = logging.getLogger(__name__)
@@ -66,32 +65,6 @@ class ImportReport:
         self.duplicates += other.duplicates
         self.rejected += other.rejected
         self.queued += other.queued
-
-
-def _store(storage: Storage, name: str, data: bytes) -> str:
-    """Put ``data`` at its content-addressed ``name`` (reusing what an interrupted run left)."""
-    if storage.exists(name):
-        # Left by an interrupted run (no row points at it: we only get here for new bytes).
-        # Adopt it if it is complete; a file cut short by a kill mid-write is replaced.
-        with contextlib.suppress(OSError), storage.open(name, "rb") as handle:
-            if handle.read() == data:
-                return name
-        storage.delete(name)
-    return storage.save(name, ContentFile(data))
-
-
-def _store_files(item: CatalogItem, image: validation.NormalisedImage, original: bytes) -> None:
-    item.image.name = _store(
-        item.image.storage, item_upload_path(item, f"image.{image.extension}"), image.data
-    )
-    ext = "jpg" if image.source_format in ("JPEG", "MPO") else image.source_format.lower()
-    item.original.name = _store(
-        item.original.storage, original_upload_path(item, f"original.{ext}"), original
-    )
-
-
-# The feed sync (``sync``) stores product pictures the same way.
-store_item_files = _store_files
 
 
 def _new_item(
@@ -143,10 +116,19 @@ class _Group:
     size: int = 0  # bytes held
 
 
+@dataclass
+class _Writing:
+    """A decoded group whose files are being written (by ``storing``'s threads)."""
+
+    decoded: list[tuple[_Pending, CatalogItem]] = field(default_factory=list)
+    writes: list[Future[OSError | None]] = field(default_factory=list)
+
+
 class _Import:
-    """One import run: reads and de-duplicates in this thread, decodes in the pool, stores and
-    queues the embedding of each group as soon as it is decoded (so the embedding workers start
-    on the first group while later ones are still decoding)."""
+    """One import run: reads and de-duplicates in this thread, decodes in the pool, writes each
+    decoded group's files from threads while the next group is read, then inserts its rows and
+    queues its embedding (so the embedding workers start on the first groups while later ones
+    are still decoding)."""
 
     def __init__(
         self,
@@ -169,6 +151,7 @@ class _Import:
         self.first: dict[str, _Pending | CatalogItem | str] = {}
         self.reading = _Group()
         self.decoding: _Group | None = None
+        self.writing: _Writing | None = None
 
     def _done(self, candidate: Candidate, outcome: str) -> None:
         if self.on_progress:
@@ -180,11 +163,38 @@ class _Import:
 
     # --- reading: nothing decoded yet --------------------------------------------------------
 
-    def add(self, candidate: Candidate) -> None:
-        data = self._read(candidate)
-        if data is None:
-            return
-        sha = validation.sha256_of(data)
+    def add_all(self, candidates: Iterable[Candidate]) -> None:
+        """Read and hash candidates a few at a time, so one query looks up the catalog's copies
+        of a whole chunk (a query per image cost more than its hash)."""
+        chunk: list[tuple[Candidate, bytes, str]] = []
+        size = 0
+        for candidate in candidates:
+            data = self._read(candidate)
+            if data is None:
+                continue
+            chunk.append((candidate, data, validation.sha256_of(data)))
+            size += len(data)
+            if len(chunk) >= _LOOKUP_CHUNK or size >= _GROUP_BYTES:
+                self._admit_chunk(chunk)
+                chunk, size = [], 0
+        self._admit_chunk(chunk)
+
+    def _admit_chunk(self, chunk: list[tuple[Candidate, bytes, str]]) -> None:
+        unseen = {sha for _, _, sha in chunk if sha not in self.first}
+        stored = {}
+        if unseen:
+            stored = {
+                item.sha256: item
+                for item in CatalogItem.objects.filter(
+                    catalog=self.catalog, sha256__in=unseen, product_id=""
+                ).only("pk", "sha256", "source_name", "status")
+            }
+        for candidate, data, sha in chunk:
+            self._admit(candidate, data, sha, stored.get(sha))
+
+    def _admit(
+        self, candidate: Candidate, data: bytes, sha: str, existing: CatalogItem | None
+    ) -> None:
         # Duplicates are found on the bytes, before any decoding (ten copies of one huge image
         # cost one decode, or none if the catalog has it already).
         seen = self.first.get(sha)
@@ -197,12 +207,8 @@ class _Import:
         if seen is not None:
             self._reject(candidate, seen)
             return
-        existing = (
-            CatalogItem.objects.filter(catalog=self.catalog, sha256=sha, product_id="")
-            .only("pk", "sha256", "source_name", "status")
-            .first()
-        )
         if existing is not None:
+            self.first[sha] = existing
             self._duplicate(candidate, existing)
             return
         reason = self._spend_pixels(data)
@@ -254,20 +260,26 @@ class _Import:
         return None
 
     def _rotate(self) -> None:
-        """The group just read starts its wait; the one before it is stored meanwhile."""
+        """The group just read starts decoding; the one decoded before it starts writing its
+        files, and the one before that, written meanwhile, is inserted and queued."""
+        self.decoder.flush()  # the group just read is all in the pool before this thread waits
+        if self.writing is not None:
+            self._save_group(self.writing)
+            self.writing = None
         if self.decoding is not None:
-            self._store_group(self.decoding)
+            self.writing = self._write_group(self.decoding)
         self.decoding, self.reading = self.reading, _Group()
 
     def finish(self) -> ImportReport:
-        self._rotate()
-        self._rotate()
+        for _ in range(3):
+            self._rotate()
         return self.report
 
     # --- storing: decoded groups -------------------------------------------------------------
 
-    def _store_group(self, group: _Group) -> None:
-        accepted: list[tuple[_Pending, CatalogItem]] = []
+    def _write_group(self, group: _Group) -> _Writing:
+        writing = _Writing()
+        jobs = []
         for pending in group.pending:
             judged = self.decoder.result(pending.future)
             data, pending.data = pending.data, b""  # the bytes are not needed once stored
@@ -275,14 +287,23 @@ class _Import:
                 self._refuse(pending, judged.reason)
                 continue
             item = _new_item(self.catalog, pending.candidate, judged)
-            try:
-                _store_files(item, judged, data)
-            except OSError as exc:
-                log.exception("could not store %s", pending.candidate.path)
-                self._refuse(pending, f"could not store the image: {exc}")
+            writing.decoded.append((pending, item))
+            jobs.append((item, judged, data))
+        group.pending.clear()
+        writing.writes = storing.submit_many(jobs)
+        return writing
+
+    def _save_group(self, writing: _Writing) -> None:
+        # Files first, then the rows: an interrupted run leaves files a re-run adopts, never rows
+        # pointing at missing files.
+        accepted: list[tuple[_Pending, CatalogItem]] = []
+        for (pending, item), write in zip(writing.decoded, writing.writes, strict=True):
+            error = write.result()
+            if error is not None:
+                log.error("could not store %s", pending.candidate.path, exc_info=error)
+                self._refuse(pending, f"could not store the image: {error}")
                 continue
             accepted.append((pending, item))
-        group.pending.clear()
         to_embed = []
         for pending, item, created in self._save(accepted):
             if created:
@@ -336,8 +357,11 @@ class _Import:
             self.report.queued += queue_items(ids)
 
 
-# A group holds its images' bytes until they are stored: at most this much.
+# A group holds its images' bytes until they are stored: at most this much (three groups are
+# held at once: reading, decoding, writing).
 _GROUP_BYTES = 64 * 1024 * 1024
+# Candidates read ahead for one duplicate lookup (also bounded by _GROUP_BYTES).
+_LOOKUP_CHUNK = 32
 
 
 def import_candidates(
@@ -363,8 +387,7 @@ def import_candidates(
         pixel_budget=pixel_budget,
         inline=readable <= 1 or decoding.processes() <= 1,
     )
-    for candidate in candidates:
-        run.add(candidate)
+    run.add_all(candidates)
     return run.finish()
 
 

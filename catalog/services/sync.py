@@ -34,8 +34,8 @@ from django.utils import timezone
 from catalog.models import Catalog, CatalogItem
 
 from . import decoding, feeds, fetch, validation
-from .ingest import store_item_files
 from .sources import CandidateRejected, _read_capped
+from .storing import store_item_files
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# At most this many cores: one torch thread (see ``ModelSettings.torch_threads``).
+SMALL_MACHINE_CORES = 2
 
 
 def pick_device(preference: str = "auto") -> str:
@@ -15,6 +19,24 @@ def pick_device(preference: str = "auto") -> str:
     if preference == "cuda" and not available:
         raise RuntimeError("DAR_DEVICE=cuda but torch sees no CUDA device")
     return "cuda" if available else "cpu"
+
+
+def cpu_threads(configured: int, cores: int | None = None) -> int | None:
+    """torch's intra-op threads for CPU work: ``configured``, or for 0 one thread on a machine of
+    at most ``SMALL_MACHINE_CORES`` cores; None leaves torch's default."""
+    if configured:
+        return configured
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return 1 if cores <= SMALL_MACHINE_CORES else None
+
+
+def configure_threads(device: str, configured: int) -> None:
+    """Apply ``cpu_threads`` for a CPU device (process-wide; a GPU's kernels do not use them)."""
+    import torch
+
+    threads = cpu_threads(configured) if device == "cpu" else configured or None
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def pick_dtype(device: str) -> Any:

@@ -60,9 +60,12 @@ def ensure_offline_models(settings: ModelSettings | None = None) -> dict[str, An
 
 
 def _device(settings: ModelSettings) -> str:
-    from .device import pick_device
+    from .device import configure_threads, pick_device
 
-    return pick_device(settings.device)
+    device = pick_device(settings.device)
+    # Every model loads through here, before its first call: torch's threads are set once.
+    configure_threads(device, settings.torch_threads)
+    return device
 
 
 def _load_encoder(settings: ModelSettings, plan: ModelPlan) -> Encoder:
