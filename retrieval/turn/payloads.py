@@ -186,17 +186,20 @@ def turn_payload(
 
 def session_payload(session: SearchSession) -> dict[str, Any]:
     feedback = Feedback.objects.filter(session=session).values_list("item_id", "value")
-    # Three queries for the whole history instead of two per turn.
+    turns = list(session.turns.order_by("index"))
+    # Two queries for the whole history instead of two per turn, and none before the first
+    # message: every page that opens a new search connects with no turn yet.
     results: dict[int, list[TurnResult]] = defaultdict(list)
-    for result in (
-        TurnResult.objects.filter(turn__session=session)
-        .select_related("item")
-        .order_by("turn_id", "-final", "rank")
-    ):
-        results[result.turn_id].append(result)
     previews: dict[int, list[Preview]] = defaultdict(list)
-    for preview in Preview.objects.filter(turn__session=session).order_by("turn_id", "index"):
-        previews[preview.turn_id].append(preview)
+    if turns:
+        for result in (
+            TurnResult.objects.filter(turn__session=session)
+            .select_related("item")
+            .order_by("turn_id", "-final", "rank")
+        ):
+            results[result.turn_id].append(result)
+        for preview in Preview.objects.filter(turn__session=session).order_by("turn_id", "index"):
+            previews[preview.turn_id].append(preview)
     return {
         "id": str(session.pk),
         "catalog": {"slug": session.catalog.slug, "name": session.catalog.name},
@@ -206,9 +209,7 @@ def session_payload(session: SearchSession) -> dict[str, Any]:
             SearchSession.objects.filter(pk=session.pk).values_list("filters", flat=True).first()
             or {}
         ),
-        "turns": [
-            turn_payload(t, results[t.pk], previews[t.pk]) for t in session.turns.order_by("index")
-        ],
+        "turns": [turn_payload(t, results[t.pk], previews[t.pk]) for t in turns],
         "feedback": {str(item_id): value for item_id, value in feedback},
     }
 

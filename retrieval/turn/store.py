@@ -140,23 +140,28 @@ def set_opinion(session: SearchSession, item_id: int, value: int) -> None:
 # --- the web side: storing a message ----------------------------------------------------------
 
 
-def lock_history(session_id: Any) -> list[tuple[Any, ...]] | None:
+def lock_history(session_id: Any) -> tuple[dict[str, Any], list[tuple[Any, ...]]] | None:
     """Lock the session row until the transaction ends (concurrent messages are serialised, so
-    indexes stay gapless) and read its turns: (message, status, created_at, started_at, context)
-    in index order. None when the session is gone."""
-    if not SearchSession.objects.filter(pk=session_id).update(updated_at=timezone.now()):
+    indexes stay gapless) and read its clicked filters (``filters``) and its turns: (message,
+    status, created_at, started_at, context) in index order. None when the session is gone."""
+    session = SearchSession._meta
+    with connection.cursor() as cursor:
+        # The lock and the filters in one round trip: UPDATE ... RETURNING.
+        cursor.execute(
+            f'UPDATE "{session.db_table}" SET "updated_at" = %s WHERE "id" = %s '
+            'RETURNING "filters"',
+            [timezone.now(), session_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
         return None
-    return list(
+    state = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    history = list(
         Turn.objects.filter(session_id=session_id)
         .order_by("index")
         .values_list("message", "status", "created_at", "started_at", "context")
     )
-
-
-def filter_state(session_id: Any) -> dict[str, Any]:
-    """The session's clicked filters (``filters``), read afresh."""
-    state = SearchSession.objects.values_list("filters", flat=True).filter(pk=session_id).first()
-    return state or {}
+    return dict(state or {}), history
 
 
 def save_filter_state(session_id: Any, state: dict[str, Any]) -> None:

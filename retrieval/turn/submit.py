@@ -121,9 +121,10 @@ def _store_turn(
     again with changed filters; None when there is no message yet (only the filters are kept).
     Also returns the session's filter state as stored."""
     with transaction.atomic():
-        previous = store.lock_history(session.pk)
-        if previous is None:
+        locked = store.lock_history(session.pk)
+        if locked is None:
             raise SearchError("not_found", "This search session no longer exists.")
+        state, previous = locked
         # The dialogue so far: the latest turn's (every message, unless a turn searched again).
         last_context = [str(m) for m in previous[-1][4]] if previous else []
         last_context = last_context or [str(message) for message, *_ in previous]
@@ -131,7 +132,6 @@ def _store_turn(
         # later (one sent with the click included) win over it.
         at = 0 if restate else len(last_context)
         change = search_filters.parse_change(session.catalog_id, raw_filters, at)
-        state = store.filter_state(session.pk)
         if restate:
             # The dialogue starts again from the restatement: so do the clicks' message counts.
             state = search_filters.restarted(state)
