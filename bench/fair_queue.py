@@ -9,7 +9,7 @@ and until A's backlog is embedded. On the same workers and catalogs: once as the
 sends the jobs (``fair``: turns at priority 0, a shop's jobs at 1 + its jobs waiting, see
 catalog/services/embed_queue.py) and once with every job at priority 0 (``fifo``: first come,
 first served, as before), after the same turn with no backlog (``none``). The workers run as
-`make demo` runs them (the gpu worker with threads, niced; the interactive worker for the text
+`make demo` runs them (the gpu worker with threads; the interactive worker for the text
 stage), offline models, bench database.
 """
 

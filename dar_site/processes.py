@@ -38,10 +38,7 @@ def worker_command(
     """A Celery worker on this instance's gpu and default queues. Threads share one copy of each
     model; with ``beat_schedule`` it also runs beat (the stuck-turn sweeper)."""
     beat = [] if beat_schedule is None else ["-B", "--schedule", str(beat_schedule)]
-    nice = settings.DAR_GPU_WORKER_NICE
-    # Every thread inherits it, torch's included: the web process and the interactive worker
-    # come first for the CPU (settings.DAR_GPU_WORKER_NICE says why).
-    return (["nice", "-n", str(nice)] if nice else []) + _celery_worker(
+    return _celery_worker(
         name="gpu",
         queues=[settings.CELERY_GPU_QUEUE, settings.CELERY_DEFAULT_QUEUE],
         threads=threads,

@@ -433,11 +433,6 @@ DAR_TURN_QUEUE_DEPTH = env_int("DAR_TURN_QUEUE_DEPTH", 32, min=1)
 # Threads of the web process's pool for the search consumers' database calls
 # (retrieval/consumer_db.py): the most calls (and PostgreSQL connections) they have at once.
 DAR_WS_DB_THREADS = env_int("DAR_WS_DB_THREADS", 8, min=1, max=256)
-# Niceness of the gpu worker started by `make demo` and the benchmarks (dar_site/processes.py).
-# Where it shares CPU cores with the web process and the interactive worker (one machine, models on
-# the CPU), its model work would otherwise take the cores that first results need; a GPU host
-# (docker-compose.yml) runs it at 0.
-DAR_GPU_WORKER_NICE = env_int("DAR_GPU_WORKER_NICE", 10, min=0, max=19)
 # Disliked items are left out of the session's later rankings (besides Rocchio's push).
 DAR_FEEDBACK_EXCLUDE_DISLIKED = env_bool("DAR_FEEDBACK_EXCLUDE_DISLIKED", True)
 # A turn whose worker died this many times is failed ("worker_lost") instead of rerun again.

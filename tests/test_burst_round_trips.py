@@ -84,15 +84,3 @@ def test_storing_a_message_locks_the_session_and_reads_its_filters_at_once() -> 
     assert [message for message, *_ in history] == ["a red mug"]
     session.delete()
     assert store.lock_history(session.pk) is None
-
-
-def test_the_gpu_worker_on_a_shared_cpu_yields_to_first_results(settings: Any) -> None:
-    from dar_site.processes import interactive_worker_command, worker_command
-
-    settings.DAR_GPU_WORKER_NICE = 10
-    gpu = worker_command(threads=4)
-    assert gpu[:3] == ["nice", "-n", "10"] and gpu[gpu.index("--hostname") + 1] == "gpu@%h"
-    # The web process and the interactive worker (first results) keep the default priority.
-    assert interactive_worker_command(threads=4)[0] != "nice"
-    settings.DAR_GPU_WORKER_NICE = 0
-    assert worker_command(threads=4)[0] != "nice"
