@@ -12,31 +12,20 @@ interpreter lock released, so the importing thread and the other writes go on me
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
 
 from catalog.models import CatalogItem, item_upload_path, original_upload_path
+from retrieval.services import threadpools
 
 from . import validation
 
 # Writes in flight at once. Enough to hide one write's latency behind the others; more only adds
 # contention on the directory (local files) or connections (object stores).
 STORE_THREADS = 4
-
-_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="dar-store")
-        return _pool
 
 
 def _store(storage: Storage, name: str, data: bytes) -> str:
@@ -68,7 +57,8 @@ def submit_many(
     """Start ``store_item_files`` for each job in the threads; each future gives None or the
     ``OSError`` that job met (anything else it raises, e.g. an interrupt, is raised by
     ``result()``). Only storage runs in the threads: no database access, so no connection."""
-    pool = _executor()
+    # The process's pool "store" (per process: a forked worker builds its own).
+    pool = threadpools.pool("store", STORE_THREADS)
     return [pool.submit(_attempt, *job) for job in jobs]
 
 

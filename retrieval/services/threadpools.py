@@ -1,6 +1,6 @@
 """Thread pools a process keeps beside its main work: a worker's pools for work beside a turn's
-stages (preview files, questions), and the web process's pool for the search consumers' database
-calls (``consumer_db``)."""
+stages (preview files, questions), the web process's pool for the search consumers' database
+calls (``consumer_db``), and an import's file writes (``catalog.services.storing``)."""
 
 from __future__ import annotations
 

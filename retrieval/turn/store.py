@@ -155,7 +155,7 @@ def lock_history(session_id: Any) -> tuple[dict[str, Any], list[tuple[Any, ...]]
         row = cursor.fetchone()
     if row is None:
         return None
-    state = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    state = _jsonb(row[0])
     history = list(
         Turn.objects.filter(session_id=session_id)
         .order_by("index")
@@ -469,12 +469,15 @@ def store_final(
         cursor.execute(_final_sql(fields, after_provisional), params)
         row = cursor.fetchone()
     if row is not None:
-        stored = row[0]
-        # Raw cursors may hand jsonb over as text (Django's own loader), or already parsed.
-        return dict(json.loads(stored) if isinstance(stored, str) else stored)
+        return dict(_jsonb(row[0]))
     if not owned(turn.pk, attempt).exists():
         raise Superseded(turn.pk)
     return None
+
+
+def _jsonb(value: Any) -> Any:
+    """A jsonb column read through a raw cursor: text (Django's own loader) or already parsed."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _field(name: str) -> Field[Any, Any]:
