@@ -20,8 +20,10 @@ from tests.factories import CatalogFactory, CatalogItemFactory, image_bytes
 
 
 class FakeEncoder:
-    def __init__(self, name: str = "fake-enc", dim: int = 8, fail: bool = False) -> None:
-        self.name, self.dim, self.fail = name, dim, fail
+    def __init__(
+        self, name: str = "fake-enc", dim: int = 8, fail: bool = False, image_size: int = 224
+    ) -> None:
+        self.name, self.dim, self.fail, self.image_size = name, dim, fail, image_size
         self.seen: list[tuple[int, int]] = []
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
@@ -89,6 +91,23 @@ def test_real_offline_models_embed_images_and_product_text(offline_models: Any) 
         k=5,
     )
     assert len(hits) == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("input_side", "decoded"), [(64, (160, 120)), (224, (320, 240)), (384, (640, 480))]
+)
+def test_a_stored_photo_is_decoded_at_the_encoders_input_size(
+    input_side: int, decoded: tuple[int, int]
+) -> None:
+    """A 640x480 JPEG rendition is decoded at the smallest JPEG scale covering the encoder's
+    input on both sides (1/4 for a 64 px model, 1/2 for 224 px), never below it (384 px: whole)."""
+    photo = image_bytes(size=(640, 480), fmt="JPEG", quality=90)
+    drawing = image_bytes(size=(640, 480), fmt="PNG")  # PNG has no scaled decoding: whole
+    items = [CatalogItemFactory.create(image_bytes=data) for data in (photo, drawing)]
+    enc = FakeEncoder(image_size=input_side)
+    embedding.embed_items([it.pk for it in items], encoder=enc, text_embedder=FakeTextEmbedder())
+    assert enc.seen == [decoded, (640, 480)]
 
 
 @pytest.mark.django_db

@@ -103,6 +103,7 @@ def test_errors_reach_every_caller_and_the_batcher_recovers() -> None:
 class _FakeEncoder:
     name = "fake"
     dim = 2
+    image_size = 224
     device = "cpu"
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

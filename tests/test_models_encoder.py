@@ -46,6 +46,7 @@ def clip(offline_manifest: dict[str, Any]) -> Any:
 def test_open_clip_offline_texts_and_images(clip: Any, offline_manifest: dict[str, Any]) -> None:
     assert clip.name == "open_clip:dar-tiny:offline-v1"
     assert clip.dim == offline_manifest["encoder"]["dim"] == 64
+    assert clip.image_size == 64  # its vision tower's input: what a stored image is decoded at
     # batch_size=2 makes both calls span several internal chunks.
     _check_unit_rows(clip.encode_texts(TEXTS + AWKWARD_TEXTS), len(TEXTS) + len(AWKWARD_TEXTS), 64)
     _check_unit_rows(clip.encode_images(_images()), 4, 64)
@@ -155,6 +156,8 @@ def test_blip_itc_embeddings(tiny_blip: Path) -> None:
 
     blip = BlipEncoder(str(tiny_blip), name=f"blip:{tiny_blip}", batch_size=2)
     assert blip.dim == 16
+    size = blip._processor.image_processor.size
+    assert blip.image_size == min(size["height"], size["width"])
     texts = blip.encode_texts(TEXTS + AWKWARD_TEXTS)  # 10k chars > 64 positions: truncated
     images = blip.encode_images(_images())
     _check_unit_rows(texts, len(TEXTS) + len(AWKWARD_TEXTS), 16)
@@ -185,3 +188,33 @@ def test_text_embedder_real_minilm(minilm: Any) -> None:
     # Real weights: related product texts are closer than unrelated ones.
     dress, gown, engine = minilm.encode(["red summer dress", "crimson gown", "diesel car engine"])
     assert dress @ gown > dress @ engine + 0.1
+
+
+def test_text_embedder_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from workers.models import device
+
+    assert device.sentence_dtype("cpu", "fp32") is torch.float32
+    assert device.sentence_dtype("cpu", "bf16") is torch.bfloat16
+    # auto on a CPU: bfloat16 only where the CPU multiplies it in hardware (emulated, it is slower).
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert device.sentence_dtype("cpu", "auto") is torch.float32
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert device.sentence_dtype("cpu", "auto") is torch.bfloat16
+
+
+def test_text_embedder_bf16_agrees_with_float32(minilm: Any) -> None:
+    from workers.models.encoders import SentenceEmbedder
+    from workers.models.offline import minilm_dir
+
+    exact = SentenceEmbedder(str(minilm_dir()), name=minilm.name, precision="fp32")
+    half = SentenceEmbedder(str(minilm_dir()), name=minilm.name, precision="bf16")
+    texts = [*TEXTS, "red summer dress", "crimson gown", "diesel car engine", "grinning face"]
+    a, b = exact.encode(texts), half.encode(texts)
+    _check_unit_rows(b, len(texts), 384)  # float32 rows out, whatever the model ran in
+    assert float(np.min(np.sum(a * b, axis=1))) > 0.99
+    # The same neighbours: each text's nearest other text is the same in both precisions.
+    np.fill_diagonal(sims_a := a @ a.T, -1)
+    np.fill_diagonal(sims_b := b @ b.T, -1)
+    assert list(sims_a.argmax(1)) == list(sims_b.argmax(1))

@@ -128,14 +128,12 @@ class EmbedResult:
         }
 
 
-# CLIP-family encoders take 224 px inputs (ViT-B/32; BLIP's 384 upscales what it gets): the
-# stored rendition is decoded at the smallest JPEG scale still covering that on its shorter side.
-EMBED_DECODE_SIZE = 224
-
-
-def _open_stored(item: CatalogItem) -> Image.Image:
+def _open_stored(item: CatalogItem, side: int) -> Image.Image:
+    """The stored rendition, decoded at the smallest JPEG scale (1/2, 1/4, 1/8) that still covers
+    ``side``, the encoder's input size, on both sides: the encoder's preprocessing resizes it to
+    that anyway, and decoding at an eighth of the pixels costs a fraction of the full decode."""
     with item.image.open("rb") as handle, Image.open(handle) as img:
-        img.draft("RGB", (EMBED_DECODE_SIZE, EMBED_DECODE_SIZE))
+        img.draft("RGB", (side, side))
         img.load()
         return img.convert("RGB")
 
@@ -198,7 +196,7 @@ def embed_items(
     readable: list[CatalogItem] = []
     for item in items:
         try:
-            images.append(_open_stored(item))
+            images.append(_open_stored(item, encoder.image_size))
             readable.append(item)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             _mark_failed([item.pk], f"cannot open the stored image: {exc}", result)

@@ -153,6 +153,7 @@ class BatchedEncoder:
         self.inner = inner
         self.name = inner.name
         self.dim = inner.dim
+        self.image_size = inner.image_size
         self._texts: MicroBatcher[str, np.ndarray] = MicroBatcher(
             inner.encode_texts, max_batch, window_s
         )

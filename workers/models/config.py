@@ -26,6 +26,7 @@ from dar_site.env import (
 )
 
 from . import offline
+from .device import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class ModelSettings:
     # 25% and the text model 35% faster there, and several times faster on a busy machine),
     # torch's own default elsewhere.
     torch_threads: int = 0
+    # The product-text model's precision ("auto", "fp32", "bf16"): see device.sentence_dtype.
+    text_precision: str = "auto"
     encode_batch: int = 64
     llm_batch: int = 16  # dialogues decoded together by the local LLM
     gen_batch: int = 16  # images per diffusion pipeline call
@@ -158,6 +161,7 @@ class ModelSettings:
             gen_vae=env_str("DAR_GENERATOR_VAE", ""),
             device=env_choice("DAR_DEVICE", "auto", ("auto", "cpu", "cuda")),
             torch_threads=env_int("DAR_TORCH_THREADS", 0, min=0, max=1024),
+            text_precision=env_choice("DAR_TEXT_EMBEDDER_PRECISION", "auto", PRECISIONS),
             encode_batch=env_int("DAR_ENCODE_BATCH", 64, min=1, max=4096),
             llm_batch=env_int("DAR_LLM_BATCH", 16, min=1, max=256),
             gen_batch=env_int("DAR_GEN_BATCH", 16, min=1, max=256),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .device import pick_dtype, to_unit_rows
+from .device import pick_dtype, sentence_dtype, to_unit_rows
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -24,6 +24,17 @@ log = logging.getLogger(__name__)
 # BLIP's text encoder has 512 positions; ChatIR-style dialogues rarely need more than this and the
 # cost of attention grows quadratically, so longer dialogues are cut here.
 BLIP_MAX_TEXT_TOKENS = 256
+
+
+# What a CLIP-family model resizes its input to when it does not say (ViT-B/32's 224).
+DEFAULT_IMAGE_SIZE = 224
+
+
+def _shorter_side(size: object) -> int:
+    """A model's input size (an int or a (height, width) pair) as the shorter side, in pixels."""
+    if isinstance(size, (tuple, list)):
+        return int(min(size))
+    return int(size) if isinstance(size, int) else DEFAULT_IMAGE_SIZE
 
 
 def _as_rgb(image: Image.Image) -> Image.Image:
@@ -79,6 +90,7 @@ class OpenClipEncoder:
         self._model = model.eval()
         self._preprocess = preprocess
         self._tokenizer = open_clip.get_tokenizer(model_name)
+        self.image_size = _shorter_side(getattr(model.visual, "image_size", DEFAULT_IMAGE_SIZE))
         out_dim = getattr(model.visual, "output_dim", None)
         self.dim = int(out_dim) if out_dim else int(self._encode_text_batch([""]).shape[1])
 
@@ -133,6 +145,10 @@ class BlipEncoder:
         model = load(source, dtype=self._dtype)
         self._model = model.to(device).eval()
         self._processor = BlipProcessor.from_pretrained(source)
+        size = getattr(self._processor.image_processor, "size", None) or {}
+        self.image_size = _shorter_side(
+            (size.get("height", DEFAULT_IMAGE_SIZE), size.get("width", DEFAULT_IMAGE_SIZE))
+        )
         positions = int(getattr(model.config.text_config, "max_position_embeddings", 512))
         self._max_tokens = min(max_text_tokens, positions)
         self.dim = int(model.config.image_text_hidden_size)
@@ -174,13 +190,21 @@ class SentenceEmbedder:
     """sentence-transformers model (all-MiniLM-L6-v2 by default) for product texts."""
 
     def __init__(
-        self, source: str, *, name: str, device: str = "cpu", batch_size: int = 64
+        self,
+        source: str,
+        *,
+        name: str,
+        device: str = "cpu",
+        batch_size: int = 64,
+        precision: str = "auto",
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.name = name
         self.batch_size = batch_size
+        self.dtype = sentence_dtype(device, precision)
         self._model = SentenceTransformer(source, device=device)
+        self._model.to(self.dtype)
         # Renamed in sentence-transformers 6; older releases only have the long name.
         get_dim = (
             getattr(self._model, "get_embedding_dimension", None)
@@ -195,8 +219,8 @@ class SentenceEmbedder:
         vectors = self._model.encode(
             [_as_text(t) for t in texts],
             batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
+            convert_to_tensor=True,
             show_progress_bar=False,
         )
-        return np.asarray(vectors, dtype=np.float32)
+        # Normalised here, in float32: in bfloat16 unit norms are off by up to 1e-3.
+        return np.asarray(to_unit_rows(vectors), dtype=np.float32)

@@ -50,6 +50,9 @@ class Encoder(Protocol):
 
     name: str
     dim: int
+    # The shorter side, in pixels, its preprocessing resizes an image to: a stored picture need
+    # not be decoded any larger (JPEG's draft scaling) to be embedded.
+    image_size: int
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 

@@ -97,6 +97,7 @@ def _load_text_embedder(settings: ModelSettings, plan: ModelPlan) -> TextEmbedde
         name=plan.text_embedder_name,
         device=_device(settings),
         batch_size=settings.encode_batch,
+        precision=settings.text_precision,
     )
 
 
