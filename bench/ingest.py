@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from bench import cpu_use
 from bench.common import bench_database, print_table, setup_django
 from bench.instrument import Meter, celery_worker, instrumented
 
@@ -153,7 +154,9 @@ def run(args: argparse.Namespace) -> None:
         import torch
 
         torch_threads = torch.get_num_threads()
+        postgres_pid = cpu_use.postgres_server_pid()
         with celery_worker(concurrency=args.worker_threads), instrumented(meter, spans):
+            cpu_t0 = cpu_use.snapshot(postgres_pid)
             t0 = time.perf_counter()
             report = ingest.import_paths(catalog, [str(folder / "manifest.csv")])
             t1 = time.perf_counter()
@@ -162,6 +165,7 @@ def run(args: argparse.Namespace) -> None:
                 counts = progress.wait_until_done(catalog, timeout=args.timeout, interval=0.05)
             t2 = time.perf_counter()
             at_t2 = meter.snapshot()
+            cpu = cpu_use.difference(cpu_use.snapshot(postgres_pid), cpu_t0)
         decoding.shutdown()
     phases = {
         PHASE_IMPORT: at_t1,
@@ -202,6 +206,7 @@ def run(args: argparse.Namespace) -> None:
         f"{product / floor_1:.2f} x the one-core floor, {product / floor_n:.2f} x the "
         f"{cores}-process floor"
     )
+    print_cpu(cpu, n, t2 - t0, cores)
     rows = []
     for phase, wall in ((PHASE_IMPORT, t1 - t0), (PHASE_EMBED, t2 - t1)):
         totals = phases[phase]
@@ -214,6 +219,26 @@ def run(args: argparse.Namespace) -> None:
         ["phase", "stage", "total s", "ms/image", "% of phase wall"],
         rows,
     )
+
+
+def print_cpu(cpu: dict[str, float], n: int, wall: float, cores: int) -> None:
+    """CPU per image by process, and the most images/s the cores allow at that cost."""
+    total = sum(cpu.values())
+    rows: list[list[object]] = [
+        [part, seconds, 1000 * seconds / max(n, 1)] for part, seconds in cpu.items()
+    ]
+    rows.append(["all", total, 1000 * total / max(n, 1)])
+    print_table(
+        f"CPU used from files to stored embeddings ({total / wall / cores:.0%} of {cores} cores "
+        f"over the {wall:.1f} s)",
+        ["process", "CPU s", "CPU ms/image"],
+        rows,
+    )
+    if total:
+        print(
+            f"  at {1000 * total / max(n, 1):.1f} CPU ms per image, {cores} cores allow at most "
+            f"{cores * n / total:.0f} images/s"
+        )
 
 
 def _setting(name: str) -> object:
