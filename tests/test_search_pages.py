@@ -45,6 +45,9 @@ def test_search_page_carries_its_config_csrf_cookie_and_stand_in_notice() -> Non
     # The test suite runs the offline profile: the page must say results come from stand-ins.
     assert 'id="stand-in-notice"' in html
     assert "retrieval/search.js" in html and "retrieval/search.css" in html
+    # Before the first message there is no session to be connected to: nothing has failed yet.
+    assert '<span class="connection-label">Ready</span>' in html
+    assert "not connected" not in html
 
 
 def _icon_links(html: str) -> list[str]:
