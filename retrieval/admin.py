@@ -476,6 +476,7 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "feedback": charts.feedback_chart(figures.feedback_over_time, figures.axis),
         }
         query = urlencode(chosen.query())
+        catalogs = list(scope.visible_catalogs(request.user).order_by("name"))
         context = {
             **self.admin_site.each_context(request),
             "title": "Search dashboard",
@@ -483,10 +484,12 @@ class SearchSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "figures": figures,
             "charts": {name: charts.data_uri(png) if png else None for name, png in pngs.items()},
             "filter": chosen,
+            "period": chosen.period(),
             "days": chosen.days,
             "day_choices": filters.DAYS,
-            "catalogs": scope.visible_catalogs(request.user).order_by("name"),
+            "catalogs": catalogs,
             "catalog_id": chosen.catalog_id,
+            "catalog_name": next((c.name for c in catalogs if c.pk == chosen.catalog_id), ""),
             "exports": {
                 name: {
                     fmt: reverse("admin:retrieval_searchsession_dashboard_export", args=[name, fmt])

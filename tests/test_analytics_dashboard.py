@@ -358,6 +358,46 @@ def test_dashboard_filters_by_date_range_and_catalog() -> None:
         assert answer.context_data["figures"].sessions == 3
 
 
+def test_dashboard_says_which_period_it_shows_and_what_its_latency_figures_mean() -> None:
+    mine = CatalogFactory.create(name="Summer shoes")
+    _turn(SearchSessionFactory.create(catalog=mine), 0, _at(_day(2), 12), queued_s=1.0, run_s=2.5)
+    client = _client(_analyst())
+
+    def shown(**params: Any) -> str:
+        html = client.get(reverse(DASHBOARD), params).content.decode()
+        period = re.search(r'<p id="dashboard-period"[^>]*>(.*?)</p>', html, re.S)
+        assert period is not None
+        return " ".join(re.sub(r"<[^>]+>", "", period.group(1)).split())
+
+    def day(days_ago: int) -> str:
+        d = _day(days_ago)
+        return f"{d.day} {d:%b %Y}"
+
+    def span(first: str, last: str) -> str:
+        return f"{first} \N{EN DASH} {last}"
+
+    assert shown() == f"Showing Last 30 days: {span(day(30), day(0))}, all catalogs."
+    assert shown(days=7, catalog=mine.pk) == (
+        f"Showing Last 7 days: {span(day(7), day(0))}, catalog “Summer shoes”."
+    )
+    start, end = _day(10).isoformat(), _day(3).isoformat()
+    ranged = shown(start=start, end=end)
+    assert ranged == f"Showing Date range: {span(day(10), day(3))}, all catalogs."
+    assert shown(start=start) == f"Showing Date range: {span(day(10), 'today')}, all catalogs."
+    # With dates, the period list says so rather than showing its first choice as if it applied.
+    html = client.get(reverse(DASHBOARD), {"start": start}).content.decode()
+    assert '<option value="" selected>dates (from, to)</option>' in html
+    assert "dates (from, to)" not in client.get(reverse(DASHBOARD)).content.decode()
+
+    # p50 and p95 are explained once, with their unit; every latency column names it too.
+    html = client.get(reverse(DASHBOARD)).content.decode()
+    legend = re.search(r'<p id="latency-legend"[^>]*>(.*?)</p>', html, re.S)
+    assert legend is not None and "median" in legend.group(1)
+    assert "milliseconds (ms)" in legend.group(1)
+    assert "p50 (median) 3,500 ms, p95 3,500 ms" in html
+    assert html.count("p50 (median), ms") == 2 and html.count("p95, ms") == 2
+
+
 def test_shop_admin_sees_only_their_shops_figures_and_exports() -> None:
     mine, theirs = CatalogFactory.create(), CatalogFactory.create()
     _turn(SearchSessionFactory.create(catalog=mine), 0, _at(_day(1), 9), message="my query")

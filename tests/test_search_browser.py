@@ -72,6 +72,10 @@ def test_search_page_streams_a_turn_and_survives_a_server_restart(
     try:
         page.goto(f"http://127.0.0.1:{port}/search/{catalog.slug}/")
         assert page.locator("#stand-in-notice").is_visible()
+        # No session before the first message: the page is ready, not "not connected".
+        connection = page.locator("#connection")
+        assert connection.get_attribute("data-state") == "idle"
+        assert connection.inner_text().strip() == "Ready"
         page.fill("#message", "a bright red square tile")
         page.press("#message", "Enter")
 
@@ -141,6 +145,26 @@ def test_search_page_streams_a_turn_and_survives_a_server_restart(
             ).count()
             == 1
         )
+
+        # A follow-up: until its own description arrives, the first one is marked as updating
+        # (watched from the page itself, so a quick refinement cannot slip past the check).
+        page.evaluate(
+            """() => {
+              window.sawUpdating = false;
+              const panel = document.getElementById('refined-section');
+              new MutationObserver(() => {
+                if (panel.dataset.updating === 'true') window.sawUpdating = true;
+              }).observe(panel, {attributes: true});
+            }"""
+        )
+        page.fill("#message", "a green one instead")
+        page.press("#message", "Enter")
+        page.wait_for_selector(".bubble.user >> nth=1", timeout=30_000)
+        page.wait_for_selector("#progress[data-stage='done']", timeout=300_000)
+        assert page.evaluate("window.sawUpdating")
+        assert page.locator("#refined-section").get_attribute("data-updating") == "false"
+        assert page.locator("#refined").get_attribute("aria-busy") == "false"
+        assert page.locator("#refined").inner_text().strip() not in ("", "Nothing yet.")
         print(f"screenshot: {shot}")
     finally:
         server.stop()

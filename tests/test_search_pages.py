@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from django.conf import settings
@@ -44,6 +45,28 @@ def test_search_page_carries_its_config_csrf_cookie_and_stand_in_notice() -> Non
     # The test suite runs the offline profile: the page must say results come from stand-ins.
     assert 'id="stand-in-notice"' in html
     assert "retrieval/search.js" in html and "retrieval/search.css" in html
+    # Before the first message there is no session to be connected to: nothing has failed yet.
+    assert '<span class="connection-label">Ready</span>' in html
+    assert "not connected" not in html
+
+
+def _icon_links(html: str) -> list[str]:
+    return re.findall(r'<link rel="icon" href="([^"]+)"', html)
+
+
+def test_the_pages_name_an_icon_that_the_static_files_serve() -> None:
+    catalog = CatalogFactory.create()
+    client = Client()
+    for path in (f"/search/{catalog.slug}/", "/", "/admin/login/"):
+        icons = _icon_links(client.get(path).content.decode())
+        assert len(icons) == 2, path  # the SVG, and a PNG for browsers without SVG icons
+        for href in icons:
+            answer = client.get(href)
+            assert answer.status_code == 200, href
+            assert answer["Content-Type"] in ("image/svg+xml", "image/png"), href
+    # Where a page names none, browsers ask for /favicon.ico: it leads to the same icon.
+    answer = client.get("/favicon.ico", follow=True)
+    assert answer.status_code == 200 and answer["Content-Type"] == "image/png"
 
 
 def test_private_or_unknown_catalog_page_is_404() -> None:

@@ -110,10 +110,20 @@ def test_search_page_layout_at_each_width(
         )
         assert small == [], f"{device}: targets under 44 px: {small}"
 
-        # The composer is on screen when the page opens.
+        # The composer is on screen when the page opens, and so is the first row of results (at
+        # least half its pictures): no scrolling past the chat and the previews to find a product.
         page.evaluate("window.scrollTo(0, 0)")
         composer = page.locator("#message").bounding_box()
         assert composer is not None and composer["y"] + composer["height"] <= height
+        picture = page.locator("#results .result-image").first.bounding_box()
+        assert picture is not None
+        assert picture["y"] + picture["height"] / 2 <= height, (
+            f"{device}: the first result starts at {picture['y']:.0f} px, below the first screen"
+        )
+
+        # The header keeps to one line (its controls side by side, none wrapped below).
+        header = page.locator("header.topbar").bounding_box()
+        assert header is not None and header["height"] <= 72, f"{device}: header {header}"
 
         # Lazy images have loaded once every card was on screen; now the whole page is drawn.
         page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=30_000)

@@ -78,6 +78,46 @@ def test_a_running_turn_holds_the_composer_until_it_is_done(page: Any) -> None:
         assert page.locator("#timings").count() == 0
 
 
+def test_what_was_understood_is_marked_as_updating_until_the_next_description(
+    page: Any,
+) -> None:
+    with live_server() as server:
+        session_id = open_stored_search(page, server)
+        refined, section = page.locator("#refined"), page.locator("#refined-section")
+        before = refined.inner_text()
+        assert section.get_attribute("data-updating") == "false"
+        assert refined.get_attribute("aria-busy") == "false"
+        assert page.locator("#refined-updating").is_hidden()
+
+        # Sent: the previous turn's description stays readable, marked as about to change.
+        page.fill("#message", "in blue please")
+        page.press("#message", "Enter")
+        assert section.get_attribute("data-updating") == "true"
+        assert refined.get_attribute("aria-busy") == "true"
+        assert page.locator("#refined-updating").is_visible()
+        assert refined.inner_text() == before
+        assert page.locator("#edit-refined").is_hidden()  # nothing to correct meanwhile
+        # Still so once the server accepted the turn (turn.accepted starts turn 1).
+        page.wait_for_selector(".bubble.user >> nth=1", timeout=30_000)
+        assert section.get_attribute("data-updating") == "true"
+
+        _emit(
+            session_id,
+            {
+                "type": "query.refined",
+                "turn": 1,
+                "description": "a bright blue product",
+                "prompts": ["a bright blue product photo"],
+                "fallback": False,
+            },
+        )
+        page.wait_for_selector("#refined-section[data-updating='false']")
+        assert refined.inner_text() == "a bright blue product"
+        assert refined.get_attribute("aria-busy") == "false"
+        assert page.locator("#refined-updating").is_hidden()
+        assert page.locator("#prompts li").all_inner_texts() == ["a bright blue product photo"]
+
+
 def test_a_long_paste_is_kept_and_warned_about_not_cut(page: Any) -> None:
     limit = settings.DAR_MAX_MESSAGE_CHARS
     with live_server() as server:

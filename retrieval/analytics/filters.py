@@ -24,6 +24,16 @@ class FilterError(ValueError):
 
 
 @dataclass(frozen=True)
+class Period:
+    """What the page says it shows: "Last 30 days" or "Date range", and its first and last local
+    dates (None for an open end of a range)."""
+
+    label: str
+    first: dt.date | None
+    last: dt.date | None
+
+
+@dataclass(frozen=True)
 class DashboardFilter:
     days: int  # used when no date range is given
     start: dt.date | None = None  # inclusive, local dates
@@ -44,6 +54,14 @@ class DashboardFilter:
         since = _midnight(self.start) if self.start else None
         until = _midnight(self.end + dt.timedelta(days=1)) if self.end else None
         return since, until
+
+    def period(self, now: dt.datetime | None = None) -> Period:
+        if self.is_range:
+            return Period("Date range", self.start, self.end)
+        now = now or timezone.now()
+        since, _ = self.bounds(now)
+        first = timezone.localdate(since) if since else None
+        return Period(f"Last {self.days} days", first, timezone.localdate(now))
 
     def apply(self, sessions: QuerySet[SearchSession]) -> QuerySet[SearchSession]:
         since, until = self.bounds()

@@ -20,6 +20,8 @@
     status: $("composer-status"),
     progress: $("progress"),
     refined: $("refined"),
+    refinedSection: $("refined-section"),
+    refinedUpdating: $("refined-updating"),
     fallback: $("refined-fallback"),
     editRefined: $("edit-refined"),
     editor: $("refined-editor"),
@@ -83,6 +85,11 @@
   function setConnection(state, label) {
     els.connection.dataset.state = state;
     els.connection.querySelector(".connection-label").textContent = label;
+  }
+
+  // No session yet is the normal start, not a failure: the page opens one on the first message.
+  function setReady() {
+    setConnection("idle", "Ready");
   }
 
   function showFormError(message) {
@@ -166,7 +173,7 @@
       if (closed.code === 4403 || closed.code === 4404) {
         // Not ours (or gone): forget it and start fresh rather than retrying forever.
         rememberSession(null);
-        setConnection("idle", "not connected");
+        setReady();
         addBubble("system", "That search session is not available; starting a new one.");
         return;
       }
@@ -270,6 +277,7 @@
         hideAsking();
         STEPS.forEach((step) => setStep(step, "done", event.turn));
         renderTimings(event.timings);
+        setRefinedUpdating(false);
         setBusy(false);
         break;
       case "feedback":
@@ -294,6 +302,8 @@
     if (turn > currentTurn) {
       currentTurn = turn;
       resetProgress();
+      // What is shown is the previous turn's until this one's query.refined arrives.
+      setRefinedUpdating(true);
     }
   }
 
@@ -310,6 +320,7 @@
       }
       lastSent = "";
       showFormError(text);
+      setRefinedUpdating(false);
       setBusy(false);
       return;
     }
@@ -323,6 +334,8 @@
       const active = els.progress.querySelector("[data-state='active']");
       if (active) active.dataset.state = "failed";
       els.progress.dataset.stage = "failed";
+      // The earlier description stays, no longer marked as about to change.
+      setRefinedUpdating(false);
       setBusy(false);
     }
   }
@@ -359,7 +372,9 @@
     if (last.status === "failed" && !shown.final && shown.results.length) {
       els.resultsKind.textContent = "from your words";
     }
-    setBusy(last.status === "queued" || last.status === "running");
+    const running = last.status === "queued" || last.status === "running";
+    setRefinedUpdating(running && !last.refined_query);
+    setBusy(running);
     if (last.queue) {
       queued = last.queue;
       updateComposer();
@@ -451,6 +466,7 @@
   }
 
   function clearUnderstanding() {
+    setRefinedUpdating(false);
     els.refined.textContent = "Nothing yet.";
     els.refined.classList.add("muted");
     els.fallback.hidden = true;
@@ -466,7 +482,16 @@
     els.resultsKind.hidden = true;
   }
 
+  // While a new turn runs the previous description stays readable but is marked as about to be
+  // replaced (muted, "Updating…"); aria-busy holds the polite announcement until it is.
+  function setRefinedUpdating(value) {
+    els.refinedSection.dataset.updating = value ? "true" : "false";
+    els.refinedUpdating.hidden = !value;
+    els.refined.setAttribute("aria-busy", value ? "true" : "false");
+  }
+
   function renderRefined(description, prompts, fallback, note) {
+    setRefinedUpdating(false);
     els.refined.textContent = description || "";
     els.refined.classList.toggle("muted", !description);
     els.editRefined.hidden = !description;
@@ -474,9 +499,15 @@
     // Why the language model's description was not used (invented words, dropped the latest
     // message, too long, another language): the page says so.
     els.fallback.title = note || "";
+    // A prompt that only repeats the description (the shopper's own words searched) says nothing
+    // new: shown once, above, is enough.
     els.prompts.replaceChildren(
-      ...(prompts || []).map((p) => el("li", null, p))
+      ...(prompts || []).filter((p) => !sameText(p, description)).map((p) => el("li", null, p))
     );
+  }
+
+  function sameText(a, b) {
+    return (a || "").trim().toLowerCase() === (b || "").trim().toLowerCase();
   }
 
   function renderPreviews(images) {
@@ -786,11 +817,15 @@
         connect();
       }
       sendFrame({ type: "message", text: text });
+      setRefinedUpdating(true);
       lastSent = text;
       lastSentRestates = false;
       els.input.value = "";
       updateCount();
     } catch (err) {
+      // The server could not be reached (fetch rejects with a TypeError; a refusal it answered
+      // is only said in the form): that is a failed connection, not a page waiting to start.
+      if (err instanceof TypeError) setConnection("failed", "not connected");
       showFormError(err.message);
       setBusy(false);
     } finally {
@@ -826,6 +861,7 @@
     showFormError("");
     setBusy(true);
     sendFrame({ type: "message", text: text, restate: true });
+    setRefinedUpdating(true);
     lastSent = text;
     lastSentRestates = true;
     closeEditor();
@@ -893,7 +929,7 @@
     renderFilters(null);
     showFilterError("");
     setBusy(false);
-    setConnection("idle", "not connected");
+    setReady();
     els.input.focus();
   }
 
