@@ -9,6 +9,9 @@ A folder of generated photos (JPEG and PNG, with a CSV manifest of titles) goes 
 process, so its calls can be timed) embeds them. The figures are wall time per stage, summed over
 all images (stages of the decoding processes are not in the table: they run beside it).
 
+The clock stops when every item is embedded and the HNSW indexes exist (a model's first load
+builds them once at the end: ``catalog.services.index_builds``).
+
 In the same run, on the same files, the decode-only floor: read, decode (JPEG draft mode), orient,
 resize to 224 px, nothing else, on one core (and on every core, in processes). The product's
 figure is printed as a fraction of the one-core floor, so runs on a busy machine compare.
@@ -141,6 +144,7 @@ def run(args: argparse.Namespace) -> None:
             (storing, "store_item_files", "store rendition + original (threads)"),
             (embedding, "_open_stored", "open stored image"),
             (vectors, "store", "vector store (upsert + HNSW)"),
+            (vectors, "ensure_index", "HNSW index build (after the load)"),
         ]
         # The import finishes (and only then queues its jobs) before the worker starts embedding,
         # so the phases never overlap: the meter's totals at t1 belong to the import.
@@ -163,6 +167,9 @@ def run(args: argparse.Namespace) -> None:
             at_t1 = meter.snapshot()
             with meter.span(POLLING):  # the benchmark's own queries are not the product's
                 counts = progress.wait_until_done(catalog, timeout=args.timeout, interval=0.05)
+                # The load's last job builds the HNSW indexes after marking its items embedded:
+                # the clock stops once they exist.
+                wait_for_indexes(timeout=args.timeout)
             t2 = time.perf_counter()
             at_t2 = meter.snapshot()
             cpu = cpu_use.difference(cpu_use.snapshot(postgres_pid), cpu_t0)
@@ -239,6 +246,14 @@ def print_cpu(cpu: dict[str, float], n: int, wall: float, cores: int) -> None:
             f"  at {1000 * total / max(n, 1):.1f} CPU ms per image, {cores} cores allow at most "
             f"{cores * n / total:.0f} images/s"
         )
+
+
+def wait_for_indexes(timeout: float, interval: float = 0.05) -> None:
+    from catalog.models import DeferredIndex
+
+    deadline = time.monotonic() + timeout
+    while DeferredIndex.objects.exists() and time.monotonic() < deadline:
+        time.sleep(interval)
 
 
 def _setting(name: str) -> object:

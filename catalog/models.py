@@ -186,6 +186,14 @@ class CatalogItem(models.Model):
         indexes = [
             models.Index(fields=["catalog", "status"]),
             models.Index(fields=["catalog", "availability"]),
+            # "Is any item of any catalog still pending?" (catalog.services.index_builds), asked
+            # after embedding jobs while an HNSW index waits for the end of a bulk load: a
+            # partial index, empty when nothing waits, so the question is one index probe.
+            models.Index(
+                fields=["catalog"],
+                condition=models.Q(status="pending"),
+                name="catalogitem_pending",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -230,3 +238,31 @@ class ItemEmbedding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.space} vector of item {self.item_id} by {self.model_name} ({self.dim}-d)"
+
+
+class DeferredIndex(models.Model):
+    """An HNSW index that waits for the end of a bulk load (``catalog.services.index_builds``).
+
+    An embedding job that stores vectors of a (space, model, dim) with no index yet records it
+    here first, so the build that follows the load can never be forgotten: the job that leaves
+    nothing pending builds it, and a periodic task builds what a lost job left behind. The row
+    goes once the index exists.
+    """
+
+    space = models.CharField(max_length=8, choices=ItemEmbedding.Space.choices)
+    model_name = models.CharField(max_length=300)
+    dim = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    # When a job last stored vectors without the index (to the minute): a load that stopped
+    # storing for a while (its jobs lost with a broker flush) gets its index from celery beat.
+    stored_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["space", "model_name", "dim"], name="unique_deferred_index"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.space} index of {self.model_name} ({self.dim}-d), deferred"

@@ -6,6 +6,8 @@ Thin: each task calls one service function that owns the work.
 * ``catalog.sync_feed`` (default queue): sync a catalog from its feed; feed images are fetched
   here, never in the web process.
 * ``catalog.sync_due_feeds`` (celery beat): queue a sync for every catalog whose feed is due.
+* ``catalog.build_deferred_indexes`` (celery beat): build a model's HNSW index that a bulk load's
+  last job did not build (``index_builds.build_stalled``).
 """
 
 from __future__ import annotations
@@ -73,3 +75,11 @@ def sync_due_feeds() -> list[int]:
     for catalog_id in due:
         sync_feed.delay(catalog_id)
     return due
+
+
+@shared_task(name="catalog.build_deferred_indexes")
+def build_deferred_indexes() -> list[str]:
+    """Celery beat: build the deferred HNSW indexes whose load is over or has stalled."""
+    from catalog.services import index_builds
+
+    return index_builds.build_stalled()

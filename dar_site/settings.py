@@ -395,6 +395,12 @@ DAR_HNSW_M = env_int("DAR_HNSW_M", 16, min=2, max=100)
 DAR_HNSW_EF_CONSTRUCTION = env_int("DAR_HNSW_EF_CONSTRUCTION", 128, min=4, max=1000)
 # Memory for building an HNSW index (PostgreSQL's maintenance_work_mem, for that build only).
 DAR_HNSW_BUILD_MEMORY = env_pg_size("DAR_HNSW_BUILD_MEMORY", "1GB")
+# A model's HNSW index is built once its first bulk load is over (catalog/services/index_builds.py).
+# Celery beat looks this often (seconds) for a build the load's last job did not do, and builds it
+# when no item is pending or when nothing was stored into it for DAR_DEFERRED_INDEX_IDLE seconds
+# (jobs lost with a broker flush leave items pending for good).
+DAR_DEFERRED_INDEX_CHECK = env_int("DAR_DEFERRED_INDEX_CHECK", 300, min=10)
+DAR_DEFERRED_INDEX_IDLE = env_int("DAR_DEFERRED_INDEX_IDLE", 900, min=60)
 # New search sessions per anonymous client address (DRF throttle, counted in the Redis cache).
 DAR_SESSION_CREATE_RATE = env_rate("DAR_SESSION_CREATE_RATE", "20/min")
 DAR_MAX_MESSAGE_CHARS = env_int("DAR_MAX_MESSAGE_CHARS", 1000, min=1)
@@ -445,6 +451,10 @@ DAR_SWEEP_INTERVAL = env_int("DAR_SWEEP_INTERVAL", 60, min=5)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-turns": {"task": "search.sweep_stuck_turns", "schedule": DAR_SWEEP_INTERVAL},
     "sync-due-feeds": {"task": "catalog.sync_due_feeds", "schedule": DAR_FEED_CHECK_INTERVAL},
+    "build-deferred-indexes": {
+        "task": "catalog.build_deferred_indexes",
+        "schedule": DAR_DEFERRED_INDEX_CHECK,
+    },
 }
 # Gpu workers load every model at start instead of on the first turn (workers/warmup.py).
 DAR_WARM_MODELS = env_bool("DAR_WARM_MODELS", True)

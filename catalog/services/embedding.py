@@ -6,6 +6,9 @@ model (space ``text``). It is idempotent: vectors are upserted per (item, space,
 are overwritten, deleted items are skipped, so a job rerun after a lost worker changes nothing.
 Per-item problems (an unreadable stored file) fail that item only; a model that cannot run fails
 the batch with the reason in ``error``. Database errors propagate so the task retries.
+
+A model's HNSW index is built once its first bulk load is over (``index_builds``): a job that finds
+no index stores without one, and the job that leaves no item pending builds it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
@@ -23,7 +27,7 @@ from PIL import Image
 
 from catalog.models import Catalog, CatalogItem, ItemEmbedding
 
-from . import embed_queue, vectors
+from . import embed_queue, index_builds, vectors
 from .progress import stale_items
 
 if TYPE_CHECKING:
@@ -117,6 +121,8 @@ class EmbedResult:
     missing: list[int] = field(default_factory=list)  # deleted before the job ran
     encoder: str = ""
     text_model: str = ""
+    # Stored vectors into a (space, model) that has no HNSW index yet (``index_builds``).
+    unindexed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -149,19 +155,27 @@ def _mark_failed(ids: Iterable[int], reason: str, result: EmbedResult) -> None:
 
 
 def _store_existing(
-    space: str, model_name: str, items: list[CatalogItem], matrix: Any
+    space: str, model_name: str, items: list[CatalogItem], matrix: Any, result: EmbedResult
 ) -> list[CatalogItem]:
-    """Upsert vectors; items deleted meanwhile are dropped (and the upsert retried once)."""
+    """Upsert vectors; items deleted meanwhile are dropped (and the upsert retried once).
+
+    Into an existing index the insert goes as usual; a missing one is recorded to be built once
+    the load is over, and the vectors go in without it (``index_builds``)."""
+    dim = int(np.shape(matrix)[-1])
+    if not vectors.index_ready(space, model_name, dim):
+        index_builds.defer(space, model_name, dim)
+        result.unindexed = True
     rows = [(it.pk, it.catalog_id, matrix[i]) for i, it in enumerate(items)]
     try:
-        vectors.store(space, model_name, rows)
+        vectors.store(space, model_name, rows, index=False)
         return items
     except IntegrityError:
         alive = set(
             CatalogItem.objects.filter(pk__in=[it.pk for it in items]).values_list("pk", flat=True)
         )
         keep = [(i, it) for i, it in enumerate(items) if it.pk in alive]
-        vectors.store(space, model_name, [(it.pk, it.catalog_id, matrix[i]) for i, it in keep])
+        rows = [(it.pk, it.catalog_id, matrix[i]) for i, it in keep]
+        vectors.store(space, model_name, rows, index=False)
         return [it for _, it in keep]
 
 
@@ -214,7 +228,7 @@ def embed_items(
     finally:
         for img in images:
             img.close()
-    readable = _store_existing(ItemEmbedding.Space.IMAGE, encoder.name, readable, matrix)
+    readable = _store_existing(ItemEmbedding.Space.IMAGE, encoder.name, readable, matrix, result)
 
     texts = [it for it in readable if it.product_text]
     try:
@@ -225,7 +239,9 @@ def embed_items(
         result.text_model = text_embedder.name
         if texts:
             text_matrix = text_embedder.encode([it.product_text for it in texts])
-            _store_existing(ItemEmbedding.Space.TEXT, text_embedder.name, texts, text_matrix)
+            _store_existing(
+                ItemEmbedding.Space.TEXT, text_embedder.name, texts, text_matrix, result
+            )
         # An item whose title and description were cleared keeps no outdated text vector.
         untitled = [it.pk for it in readable if not it.product_text]
         if untitled:
@@ -244,10 +260,24 @@ def embed_items(
         texts_failed = {it.pk for it in texts}
         readable = [it for it in readable if it.pk not in texts_failed]
 
-    done = [it.pk for it in readable]
-    mark_embedded(done)
-    result.embedded = done
+    result.embedded = [it.pk for it in readable]
+    _finish(result)
     return result
+
+
+def _finish(result: EmbedResult) -> None:
+    """Mark the job's items embedded; if it stored into a model with no index yet and leaves no
+    item pending (of any catalog: ``index_builds`` says why), it was the load's last job: it
+    builds the index now."""
+    if not result.unindexed:
+        mark_embedded(result.embedded)
+        return
+    with transaction.atomic():
+        index_builds.take_turn()
+        mark_embedded(result.embedded)
+        last = not index_builds.anything_pending()
+    if last:
+        index_builds.build_after_load()
 
 
 def mark_embedded(item_ids: Sequence[int]) -> None:

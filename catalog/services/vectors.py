@@ -10,19 +10,25 @@ full precision on the query's side: the stored halves are widened (exactly) to `
 met with the float32 query, so a ranking equals numpy's over the stored vectors. The HNSW path
 finds its candidates with the index (the query rounded to halves, as the index needs) and orders
 those by the same exact score.
+
+Each (space, model, dim) has its own partial HNSW index. Embedding jobs build it once, when the
+first bulk load of that model is over (``catalog.services.index_builds``): until then its searches
+are exact scans (the same results, slower on large catalogs); once it exists PostgreSQL updates it
+on every insert, so it is never incomplete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from catalog.models import CatalogItem, ItemEmbedding
 
@@ -67,10 +73,10 @@ def index_name(space: str, model_name: str, dim: int) -> str:
     return f"itememb_hnsw_{digest}"
 
 
-def index_sql(name: str, dim: int) -> str:
+def index_sql(name: str, dim: int, *, concurrently: bool = False) -> str:
     """CREATE INDEX for one (space, model) pair; its WHERE takes (space, model_name) params."""
     return (
-        f"CREATE INDEX IF NOT EXISTS {name} ON {_TABLE} "
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS {name} ON {_TABLE} "
         f"USING hnsw ((vector::halfvec({int(dim)})) halfvec_ip_ops) "
         f"WITH (m = {int(settings.DAR_HNSW_M)}, "
         f"ef_construction = {int(settings.DAR_HNSW_EF_CONSTRUCTION)}) "
@@ -78,17 +84,84 @@ def index_sql(name: str, dim: int) -> str:
     )
 
 
-def ensure_index(space: str, model_name: str, dim: int) -> str | None:
+def lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (signed 64-bit) for a name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def _index_valid(name: str) -> bool | None:
+    """None: no such index; False: one being built concurrently, or left invalid by a concurrent
+    build that failed or was killed (searches ignore it); True: usable."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [name])
+        row = cursor.fetchone()
+    return None if row is None else bool(row[0])
+
+
+def index_ready(space: str, model_name: str, dim: int) -> bool:
+    """Whether nothing is left to build for this pair: its index exists and is valid, or its
+    vectors are too long to index."""
+    return dim > MAX_INDEXED_DIM or bool(_index_valid(index_name(space, model_name, dim)))
+
+
+def ensure_index(
+    space: str, model_name: str, dim: int, *, concurrently: bool = False
+) -> str | None:
     """Create the partial HNSW index for one (space, model) pair if it does not exist yet.
 
-    None for vectors too long to index (searched by exact scans)."""
+    Returns its name, or None when there is none after the call: vectors too long to index
+    (searched by exact scans) or, with ``concurrently``, another session building it right now
+    (which finishes the job). Builders of one index take turns (an advisory lock); an index left
+    invalid by a concurrent build that failed is dropped and built again.
+
+    ``concurrently`` (outside a transaction only; inside one it builds as usual) builds with
+    CREATE INDEX CONCURRENTLY: the graph of a whole bulk load can take minutes (15 at 1M vectors,
+    docs/benchmarks.md), and a plain build blocks every write to the vector table, of every
+    model and catalog, for as long."""
     if dim > MAX_INDEXED_DIM:
         return None
     name = index_name(space, model_name, dim)
+    if _index_valid(name):
+        return name  # Skip CREATE INDEX: even IF NOT EXISTS takes a lock on the table.
+    concurrently = concurrently and not connection.in_atomic_block
+    with _build_lock(name, wait=not concurrently) as held:
+        if not held:
+            return None
+        state = _index_valid(name)
+        if state:
+            return name  # built by the session this one waited for
+        if state is False:  # no one else builds it (this session holds the lock): a failed build
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}{name}")
+        if concurrently:
+            _build_concurrently(name, space, model_name, dim)
+        else:
+            _build(name, space, model_name, dim)
+    return name
+
+
+@contextmanager
+def _build_lock(name: str, *, wait: bool) -> Iterator[bool]:
+    """Hold the advisory lock of one index's build (yields False when ``wait`` is off and another
+    session holds it). Inside a transaction it lasts until the commit, which makes the index
+    visible to the next builder; outside, it is released when the block ends."""
+    key = lock_key(f"dar.hnsw-build|{name}")
+    scope = "_xact" if connection.in_atomic_block else ""
+    call = f"pg_advisory{scope}_lock" if wait else f"pg_try_advisory{scope}_lock"
     with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [name])
-        if cursor.fetchone():
-            return name  # Skip CREATE INDEX: even IF NOT EXISTS takes a lock on the table.
+        cursor.execute(f"SELECT {call}(%s)", [key])
+        row = cursor.fetchone()
+    held = wait or bool(row and row[0])
+    try:
+        yield held
+    finally:
+        if held and not scope:
+            # A broken connection took its session, and the lock, with it.
+            with suppress(DatabaseError), connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+def _build(name: str, space: str, model_name: str, dim: int) -> None:
     with transaction.atomic(), connection.cursor() as cursor:
         # Deferred foreign-key checks queued in this transaction would block CREATE INDEX.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
@@ -100,7 +173,20 @@ def ensure_index(space: str, model_name: str, dim: int) -> str | None:
         )
         # Graph parameters apply when an index is built; changing them needs a rebuild (drop it).
         cursor.execute(index_sql(name, dim), [space, model_name])
-    return name
+
+
+def _build_concurrently(name: str, space: str, model_name: str, dim: int) -> None:
+    # No transaction to scope the memory setting to: set for the session, reset after.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('maintenance_work_mem', %s, false)",
+            [settings.DAR_HNSW_BUILD_MEMORY],
+        )
+        try:
+            cursor.execute(index_sql(name, dim, concurrently=True), [space, model_name])
+        finally:
+            with suppress(DatabaseError):
+                cursor.execute("RESET maintenance_work_mem")
 
 
 def _copy_payload(rows: list[tuple[int, int, np.ndarray]]) -> bytes:
@@ -125,9 +211,10 @@ def store(
     """Upsert vectors given as (item_id, catalog_id, vector); idempotent per item/space/model.
 
     One COPY (binary, half precision) into a temporary table and one INSERT ... ON CONFLICT from
-    it, whatever the number of rows. ``index=False`` leaves the HNSW index to a later
-    ``ensure_index``: building it once after a bulk load is several times faster than updating it
-    on every insert."""
+    it, whatever the number of rows. An existing HNSW index is updated by the insert either way;
+    ``index=False`` only leaves a missing one to a later ``ensure_index``: building it once after a
+    bulk load is several times faster than updating it on every insert (embedding jobs do that,
+    ``catalog.services.index_builds``)."""
     batch = [(int(i), int(c), np.asarray(v, dtype=np.float32)) for i, c, v in rows]
     if not batch:
         return 0
