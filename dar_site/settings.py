@@ -397,8 +397,8 @@ DAR_HNSW_EF_CONSTRUCTION = env_int("DAR_HNSW_EF_CONSTRUCTION", 128, min=4, max=1
 DAR_HNSW_BUILD_MEMORY = env_pg_size("DAR_HNSW_BUILD_MEMORY", "1GB")
 # A model's HNSW index is built once its first bulk load is over (catalog/services/index_builds.py).
 # Celery beat looks this often (seconds) for a build the load's last job did not do, and builds it
-# when no item is pending or when nothing was stored into it for DAR_DEFERRED_INDEX_IDLE seconds
-# (jobs lost with a broker flush leave items pending for good).
+# when the load is over (no item pending, no import running) or when nothing was stored into it
+# for DAR_DEFERRED_INDEX_IDLE seconds (jobs lost with a broker flush leave items pending for good).
 DAR_DEFERRED_INDEX_CHECK = env_int("DAR_DEFERRED_INDEX_CHECK", 300, min=10)
 DAR_DEFERRED_INDEX_IDLE = env_int("DAR_DEFERRED_INDEX_IDLE", 900, min=60)
 # New search sessions per anonymous client address (DRF throttle, counted in the Redis cache).

@@ -267,15 +267,15 @@ def embed_items(
 
 def _finish(result: EmbedResult) -> None:
     """Mark the job's items embedded; if it stored into a model with no index yet and leaves no
-    item pending (of any catalog: ``index_builds`` says why), it was the load's last job: it
-    builds the index now."""
+    item pending (of any catalog: ``index_builds`` says why) while no import adds items, it was
+    the load's last job: it builds the index now."""
     if not result.unindexed:
         mark_embedded(result.embedded)
         return
     with transaction.atomic():
         index_builds.take_turn()
         mark_embedded(result.embedded)
-        last = not index_builds.anything_pending()
+        last = index_builds.load_over()
     if last:
         index_builds.build_after_load()
 

@@ -9,9 +9,13 @@ it, so it is never incomplete.
 
 * ``defer``: an embedding job that finds no index for a (space, model, dim) records the pair in
   ``DeferredIndex`` before storing its vectors without one (``vectors.store(..., index=False)``).
-* The job then marks its items embedded and asks whether any item is still pending, taking turns
-  with the other jobs (``take_turn``); the job that leaves none pending builds what is deferred
-  (``build_after_load``).
+* The job then marks its items embedded and asks whether the load is over (``load_over``: no
+  item pending, no import or feed sync adding items), taking turns with the other jobs
+  (``take_turn``); the job that finds it over builds what is deferred (``build_after_load``).
+* ``loading``: around an import or a feed sync. Their jobs start while they still add items, and
+  embedding can catch up with them: without it the job that found nothing pending in between
+  would build the index on the first groups, and the rest of the import would insert into it.
+  At its end it queues the periodic task's check, for the job that finished before it did.
 * ``build_stalled`` (celery beat, ``catalog.build_deferred_indexes``): the safety net for a build
   that the last job did not do (its items failed or were deleted; jobs lost with a broker flush
   left items pending for good; a build that failed).
@@ -26,11 +30,12 @@ periodic task then builds the index once nothing is stored into it any more).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from catalog.models import CatalogItem, DeferredIndex
@@ -41,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # Serialises "mark embedded, then count what is pending" between jobs (``take_turn``).
 TURN_LOCK = vectors.lock_key("dar.embedding.last-job")
+# Held (shared, for the session) by every import and feed sync while it runs (``loading``).
+LOAD_LOCK = vectors.lock_key("dar.embedding.items-arriving")
 # How fresh ``DeferredIndex.stored_at`` is kept (DAR_DEFERRED_INDEX_IDLE is at least a minute).
 STORED_AT_STEP = timedelta(minutes=1)
 _PENDING = (
@@ -87,6 +94,40 @@ def take_turn() -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [TURN_LOCK])
 
 
+def load_over() -> bool:
+    """No item is pending and no import or feed sync is adding items (after ``take_turn``, in its
+    transaction: the exclusive try-lock, when it succeeds, lasts until that commit)."""
+    if anything_pending():
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOAD_LOCK])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+@contextmanager
+def loading() -> Iterator[None]:
+    """Around an import or a feed sync (items arriving): no job counts as a load's last while it
+    runs. At its end, if an index waits, the periodic task's check is queued: the import's last
+    job may have finished before the import did (then the check builds the index)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock_shared(%s)", [LOAD_LOCK])
+    try:
+        yield
+    finally:
+        # A broken connection took its session, and the lock, with it.
+        with suppress(DatabaseError), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock_shared(%s)", [LOAD_LOCK])
+    if DeferredIndex.objects.exists():
+        transaction.on_commit(_queue_check)
+
+
+def _queue_check() -> None:
+    from dar_site.celery import app
+
+    app.send_task("catalog.build_deferred_indexes")
+
+
 def build_deferred(rows: Iterable[DeferredIndex] | None = None) -> list[str]:
     """Build the deferred indexes (all of them by default) and forget those that exist after.
 
@@ -117,18 +158,23 @@ def build_after_load() -> list[str]:
 
 
 def build_stalled() -> list[str]:
-    """Celery beat: build each deferred index whose load is over or has stalled.
+    """Celery beat (and the end of an import): build each deferred index whose load is over or
+    has stalled.
 
-    The rule: build when no item is pending (the last job did not build: its items failed or were
-    deleted, or its build failed), or when no job stored into it for DAR_DEFERRED_INDEX_IDLE
-    seconds (items left pending for good by jobs lost with a broker flush, or workers down: a
-    load that resumes later inserts into the index, which is slower but complete). Nothing to do
-    costs one query on the (empty) ``DeferredIndex`` table; a load in progress one more, a probe
-    of the pending items' partial index."""
+    The rule: build when the load is over (``load_over``; the last job did not build: its items
+    failed or were deleted, it finished before its import did, or its build failed), or when no
+    job stored into it for DAR_DEFERRED_INDEX_IDLE seconds (items left pending for good by jobs
+    lost with a broker flush, or workers down: a load that resumes later inserts into the index,
+    which is slower but complete). Nothing to do costs one query on the (empty) ``DeferredIndex``
+    table; a load in progress adds a probe of the pending items' partial index and two advisory
+    locks. It takes its turn with the jobs, so a job committing its items as it checks is seen."""
     rows = list(DeferredIndex.objects.all())
     if not rows:
         return []
-    if anything_pending():
+    with transaction.atomic():
+        take_turn()
+        over = load_over()
+    if not over:
         quiet_since = timezone.now() - timedelta(seconds=settings.DAR_DEFERRED_INDEX_IDLE)
         rows = [row for row in rows if row.stored_at < quiet_since]
     return build_deferred(rows) if rows else []

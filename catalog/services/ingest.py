@@ -34,7 +34,7 @@ from django.db import IntegrityError, transaction
 
 from catalog.models import Catalog, CatalogItem
 
-from . import decoding, storing, validation
+from . import decoding, index_builds, storing, validation
 from .sources import Candidate, CandidateRejected
 
 log = logging.getLogger(__name__)
@@ -387,8 +387,10 @@ def import_candidates(
         pixel_budget=pixel_budget,
         inline=readable <= 1 or decoding.processes() <= 1,
     )
-    run.add_all(candidates)
-    return run.finish()
+    # Its jobs start while it still adds items: none of them is the load's last before it ends.
+    with index_builds.loading():
+        run.add_all(candidates)
+        return run.finish()
 
 
 def import_paths(

@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from catalog.models import Catalog, CatalogItem
 
-from . import decoding, feeds, fetch, validation
+from . import decoding, feeds, fetch, index_builds, validation
 from .sources import CandidateRejected, _read_capped
 from .storing import store_item_files
 
@@ -265,7 +265,8 @@ def sync_feed(
     """Apply a feed to ``catalog`` and report what it did (``feeds.FeedError`` if unreadable,
     or while another sync of the same catalog runs)."""
     parsed = feeds.parse(data, name, default_currency=default_currency)
-    with _catalog_lock(catalog):
+    # Its jobs start while it still adds products: none of them is the load's last before it ends.
+    with _catalog_lock(catalog), index_builds.loading():
         return _apply(catalog, parsed, reader, full=full, embed=embed)
 
 
