@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
@@ -39,15 +39,16 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from catalog.models import CatalogItem, DeferredIndex
+from dar_site import advisory_locks
 
 from . import vectors
 
 log = logging.getLogger(__name__)
 
 # Serialises "mark embedded, then count what is pending" between jobs (``take_turn``).
-TURN_LOCK = vectors.lock_key("dar.embedding.last-job")
+TURN_LOCK = advisory_locks.key("dar.embedding.last-job")
 # Held (shared, for the session) by every import and feed sync while it runs (``loading``).
-LOAD_LOCK = vectors.lock_key("dar.embedding.items-arriving")
+LOAD_LOCK = advisory_locks.key("dar.embedding.items-arriving")
 # How fresh ``DeferredIndex.stored_at`` is kept (DAR_DEFERRED_INDEX_IDLE is at least a minute).
 STORED_AT_STEP = timedelta(minutes=1)
 _PENDING = (
@@ -90,8 +91,7 @@ def take_turn() -> None:
     and neither would build; with it, the second counts after the first committed."""
     if not connection.in_atomic_block:
         raise RuntimeError("take_turn holds its lock until a commit: call it in a transaction")
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [TURN_LOCK])
+    advisory_locks.xact(TURN_LOCK)
 
 
 def load_over() -> bool:
@@ -99,10 +99,7 @@ def load_over() -> bool:
     transaction: the exclusive try-lock, when it succeeds, lasts until that commit)."""
     if anything_pending():
         return False
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOAD_LOCK])
-        row = cursor.fetchone()
-    return bool(row and row[0])
+    return advisory_locks.xact(LOAD_LOCK, wait=False)
 
 
 @contextmanager
@@ -110,14 +107,8 @@ def loading() -> Iterator[None]:
     """Around an import or a feed sync (items arriving): no job counts as a load's last while it
     runs. At its end, if an index waits, the periodic task's check is queued: the import's last
     job may have finished before the import did (then the check builds the index)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock_shared(%s)", [LOAD_LOCK])
-    try:
+    with advisory_locks.session(LOAD_LOCK, shared=True):
         yield
-    finally:
-        # A broken connection took its session, and the lock, with it.
-        with suppress(DatabaseError), connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock_shared(%s)", [LOAD_LOCK])
     if DeferredIndex.objects.exists():
         transaction.on_commit(_queue_check)
 

@@ -31,6 +31,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 from catalog.models import CatalogItem, ItemEmbedding
+from dar_site import advisory_locks
 
 from .item_filters import ItemFilter, condition, item_condition
 
@@ -82,11 +83,6 @@ def index_sql(name: str, dim: int, *, concurrently: bool = False) -> str:
         f"ef_construction = {int(settings.DAR_HNSW_EF_CONSTRUCTION)}) "
         f"WHERE space = %s AND model_name = %s AND dim = {int(dim)}"
     )
-
-
-def lock_key(name: str) -> int:
-    """A PostgreSQL advisory lock key (signed 64-bit) for a name."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def _index_valid(name: str) -> bool | None:
@@ -145,20 +141,12 @@ def _build_lock(name: str, *, wait: bool) -> Iterator[bool]:
     """Hold the advisory lock of one index's build (yields False when ``wait`` is off and another
     session holds it). Inside a transaction it lasts until the commit, which makes the index
     visible to the next builder; outside, it is released when the block ends."""
-    key = lock_key(f"dar.hnsw-build|{name}")
-    scope = "_xact" if connection.in_atomic_block else ""
-    call = f"pg_advisory{scope}_lock" if wait else f"pg_try_advisory{scope}_lock"
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {call}(%s)", [key])
-        row = cursor.fetchone()
-    held = wait or bool(row and row[0])
-    try:
+    lock = advisory_locks.key(f"dar.hnsw-build|{name}")
+    if connection.in_atomic_block:
+        yield advisory_locks.xact(lock, wait=wait)
+        return
+    with advisory_locks.session(lock, wait=wait) as held:
         yield held
-    finally:
-        if held and not scope:
-            # A broken connection took its session, and the lock, with it.
-            with suppress(DatabaseError), connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
 
 
 def _build(name: str, space: str, model_name: str, dim: int) -> None:

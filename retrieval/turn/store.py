@@ -35,6 +35,7 @@ from django.db.models import Exists, Field, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from dar_site import advisory_locks
 from retrieval.models import Feedback, Preview, SearchSession, Turn, TurnResult
 from retrieval.services import events
 
@@ -379,10 +380,7 @@ def store_provisional(
 
 def _lock_results(turn_id: int) -> None:
     """Serialise the writes of a turn's provisional results until the transaction ends."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, %s)", [RESULTS_LOCK_SPACE, turn_id & 0x7FFFFFFF]
-        )
+    advisory_locks.xact(RESULTS_LOCK_SPACE, turn_id & 0x7FFFFFFF)
 
 
 # --- the gpu task's final write ---------------------------------------------------------------
